@@ -1,0 +1,3 @@
+"""medhash: precision chest X-ray retrieval by interpretable deep hashing."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from medhash.cli import main
+
+main()

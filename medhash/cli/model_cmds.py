@@ -1,0 +1,97 @@
+"""`medhash train` and `medhash evaluate`: parse options, call medhash.train / medhash.eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _folds(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+@click.command("train")
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False), help="labels.csv (medhash/dev format) or NIH Data_Entry table.")
+@click.option("--image-root", type=click.Path(exists=True, file_okay=False), help="Folder that relative image paths resolve against (default: the table's folder).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
+@click.option("--bits", default=64, show_default=True, help="Hash length K (multiple of 8, 8-256).")
+@click.option("--backbone", default="densenet121", show_default=True, help="Backbone name (densenet121, tiny).")
+@click.option("--size", "global_size", default=224, show_default=True, help="Global-branch input side in pixels.")
+@click.option("--local-size", default=None, type=int, help="Local-branch crop side (default: --size).")
+@click.option("--load-size", default=256, show_default=True, help="Images are held at this side; crops come from it.")
+@click.option("--tau", default=0.7, show_default=True, help="Saliency threshold for the attention crop.")
+@click.option("--fusion-inputs", default="global,local", show_default=True, help="Branches fused into the hash layer.")
+@click.option("--epochs-global", default=8, show_default=True)
+@click.option("--epochs-local", default=8, show_default=True)
+@click.option("--epochs-hash", default=60, show_default=True)
+@click.option("--epochs-joint", default=0, show_default=True, help="Optional end-to-end fine-tune epochs.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=3e-4, show_default=True)
+@click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "sgd"]))
+@click.option("--quantization-weight", default=0.1, show_default=True)
+@click.option("--bit-balance-weight", default=0.1, show_default=True)
+@click.option("--val-folds", default="4", show_default=True, help="Comma-separated folds held out for validation.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--work-dir", default=None, help="Per-stage resumable state (default: OUT.stages/).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def train_cmd(labels, image_root, out, bits, backbone, global_size, local_size, load_size, tau, fusion_inputs,
+              epochs_global, epochs_local, epochs_hash, epochs_joint, batch_size, lr, optimizer,
+              quantization_weight, bit_balance_weight, val_folds, precision, device, seed, work_dir, no_progress):
+    """Train the hashing model in AG-CNN stages (global, local, hash head, optional joint); resumable; torchrun-ready."""
+    from medhash.model.config import ModelConfig
+    from medhash.model.losses import LossWeights
+    from medhash.train import TrainConfig, train
+
+    model = ModelConfig(backbone=backbone, bits=bits, global_size=global_size, local_size=local_size or global_size,
+                        tau=tau, fusion_inputs=tuple(s.strip() for s in fusion_inputs.split(",") if s.strip()))
+    config = TrainConfig(labels=labels, out=out, model=model, image_root=image_root, load_size=load_size,
+                         epochs_global=epochs_global, epochs_local=epochs_local, epochs_hash=epochs_hash,
+                         epochs_joint=epochs_joint, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                         losses=LossWeights(1.0, quantization_weight, bit_balance_weight), val_folds=_folds(val_folds),
+                         precision=precision, device=device, seed=seed, work_dir=work_dir, progress=not no_progress)
+    result = train(config)
+    if result.model_id:
+        val = f"{result.val_map:.4f}" if result.val_map is not None else "n/a"
+        click.echo(f"wrote {result.checkpoint} (model_id {result.model_id}); validation tie-aware mAP {val}; "
+                   f"{result.seconds.get('total', 0):.0f} s; {len(result.skipped_images)} unreadable images skipped")
+
+
+@click.command("evaluate")
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint from `medhash train`.")
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--image-root", type=click.Path(exists=True, file_okay=False))
+@click.option("--query-folds", default="4", show_default=True, help="Folds used as queries; the rest is the database.")
+@click.option("-k", "ks", multiple=True, type=int, default=(10, 100), show_default=True, help="Cut-offs for mAP@k, P@k, R@k.")
+@click.option("--boxes", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Reference box table(s) for the pointing game.")
+@click.option("--engine", default="auto", show_default=True, help="fp32, fp32-cl, bf16 or auto.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+def evaluate_cmd(model, labels, image_root, query_folds, ks, boxes, engine, device, json_out):
+    """Retrieval mAP (tie-aware and stable order), mAP@k, P@k, R@k; pointing game on reference boxes."""
+    from medhash.atomic import write_text_atomic
+    from medhash.eval.evaluate import EvaluateConfig, evaluate_model
+
+    report = evaluate_model(EvaluateConfig(model=model, labels=labels, image_root=image_root, query_folds=_folds(query_folds),
+                                           ks=tuple(ks), boxes=tuple(boxes), device=device, engine=engine))
+    r = report["retrieval"]
+    click.echo(f"model {report['model_id']} ({report['bits']} bits, engine {report['engine']}): "
+               f"{report['n_queries']} queries x {report['n_database']} database images")
+    click.echo(f"  mAP tie-aware {r['map_tie_aware']:.4f}   mAP stable order {r['map_stable']:.4f}")
+    for k in ks:
+        click.echo(f"  @{k}: mAP {r['map_at_k'][str(k)] if str(k) in r['map_at_k'] else r['map_at_k'][k]:.4f}  "
+                   f"P {r['p_at_k'][str(k)] if str(k) in r['p_at_k'] else r['p_at_k'][k]:.4f}  "
+                   f"R {r['r_at_k'][str(k)] if str(k) in r['r_at_k'] else r['r_at_k'][k]:.4f}")
+    for name, loc in report.get("localization", {}).items():
+        if loc["n_images"]:
+            click.echo(f"  {name}: pointing game {loc['pointing_game']:.3f} on {loc['n_images']} images, crop IoU {loc['crop_box_best_iou']:.3f}")
+    if report["failed_images"]:
+        click.echo(f"  {len(report['failed_images'])} images could not be read (listed in the JSON report)")
+    if json_out:
+        write_text_atomic(Path(json_out), json.dumps(report, indent=2))
+
+
+commands = [train_cmd, evaluate_cmd]

@@ -1,0 +1,76 @@
+"""One-file checkpoints: weights + full ModelConfig + model_id (hash of the weights), written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medhash import __version__
+from medhash.atomic import atomic_path
+from medhash.errors import CheckpointError
+from medhash.model.config import ModelConfig
+from medhash.model.hashnet import AGHashNet
+
+FORMAT = "medhash.checkpoint"
+FORMAT_VERSION = 1
+
+
+def weights_id(state_dict: dict[str, torch.Tensor]) -> str:
+    """A stable 16-hex-digit id of the weights: names, dtypes, shapes and bytes in key order."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(path: str | Path, model: AGHashNet, extra: dict[str, Any] | None = None) -> str:
+    """Write model + config (+ extra metadata: init source, training summary) atomically; return model_id."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    model_id = weights_id(state)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "medhash_version": __version__,
+        "model_config": model.config.to_dict(),
+        "model_id": model_id,
+        "state_dict": state,
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return model_id
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint file; every failure is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/garbled files
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated): {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a medhash model checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {payload.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    if weights_id(payload["state_dict"]) != payload.get("model_id"):
+        raise CheckpointError(f"{path}: weights do not match the recorded model_id (file altered or corrupt)")
+    return payload
+
+
+def load_model(path: str | Path) -> tuple[AGHashNet, dict[str, Any]]:
+    """Rebuild the model of a checkpoint; returns (model in eval mode, payload)."""
+    payload = read_checkpoint(path)
+    config = ModelConfig.from_dict(payload["model_config"])
+    model = AGHashNet(config)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the recorded config: {exc}") from exc
+    return model.eval(), payload

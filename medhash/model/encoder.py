@@ -1,0 +1,139 @@
+"""HashEncoder: the one inference path (`encode`) that the pipeline, index queries and server use.
+
+It wraps a trained AGHashNet with an execution engine picked from a registry:
+fp32, or bf16 autocast + channels_last (2-3x faster on CPUs with AMX, and on GPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from medhash.model.checkpoint import load_model
+from medhash.model.hashnet import AGHashNet, pack_codes
+
+
+@dataclass
+class EncodeResult:
+    codes: np.ndarray  # uint8 [B, bits/8], packed sign of the hash layer
+    boxes: np.ndarray  # int32 [B, 4] (x0, y0, x1, y1) in each source image's pixels
+    saliency: np.ndarray  # float32 [B, S, S] in [0, 1], S = global_size
+    logits: np.ndarray  # float32 [B, C] classifier on the hash layer
+    features: np.ndarray | None = None  # float32 [B, fusion_dim] continuous fused features
+
+    @staticmethod
+    def concat(parts: Sequence["EncodeResult"]) -> "EncodeResult":
+        def cat(name: str):
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        return EncodeResult(**{name: cat(name) for name in ("codes", "boxes", "saliency", "logits", "features")})
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 matrix units (AMX or AVX512-BF16)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    avx = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool((amx and amx()) or (avx and avx()))
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# engine name -> (autocast dtype, channels_last)
+ENGINES: dict[str, tuple[torch.dtype | None, bool]] = {
+    "fp32": (None, False),
+    "fp32-cl": (None, True),
+    "bf16": (torch.bfloat16, True),
+    "fp16": (torch.float16, True),  # CUDA only
+}
+
+
+def default_engine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+class HashEncoder:
+    def __init__(self, model: AGHashNet, model_id: str, device: str | torch.device = "cpu",
+                 engine: str = "auto", batch_size: int = 32, extra: dict | None = None):
+        self.device = torch.device(device)
+        self.engine = default_engine(self.device) if engine == "auto" else engine
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; known: {sorted(ENGINES)} or 'auto'")
+        self.autocast_dtype, channels_last = ENGINES[self.engine]
+        if self.engine == "fp16" and self.device.type != "cuda":
+            raise ValueError("engine fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        self.model = model.eval().to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model_id = model_id
+        self.batch_size = batch_size
+        self.extra = extra or {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", engine: str = "auto", batch_size: int = 32) -> "HashEncoder":
+        model, payload = load_model(path)
+        return cls(model, payload["model_id"], device, engine, batch_size, payload.get("extra"))
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def bits(self) -> int:
+        return self.config.bits
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.config.classes
+
+    @property
+    def input_size(self) -> int:
+        return self.config.global_size
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor | Sequence[torch.Tensor], with_features: bool = False) -> EncodeResult:
+        """[0,1] images (a [B,1,H,W] tensor or a list of [1,H_i,W_i]) -> EncodeResult, in batches."""
+        parts = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            chunk = chunk.to(self.device) if isinstance(chunk, torch.Tensor) else [t.to(self.device) for t in chunk]
+            with _autocast(self.device, self.autocast_dtype):
+                out = self.model(chunk, stage="full")
+            parts.append(EncodeResult(
+                codes=pack_codes(out.hash),
+                boxes=out.boxes,
+                saliency=out.saliency.float().cpu().numpy(),
+                logits=out.hash_logits.float().cpu().numpy(),
+                features=out.fused.float().cpu().numpy() if with_features else None,
+            ))
+        if not parts:
+            s = self.config.global_size
+            return EncodeResult(np.zeros((0, self.bits // 8), np.uint8), np.zeros((0, 4), np.int32),
+                                np.zeros((0, s, s), np.float32), np.zeros((0, len(self.classes)), np.float32),
+                                np.zeros((0, self.config.fusion_dim), np.float32) if with_features else None)
+        return EncodeResult.concat(parts)
+
+    def encode_images(self, images: Sequence[np.ndarray], with_features: bool = False) -> EncodeResult:
+        """Decoded [H, W] float32 arrays in [0, 1] (any sizes) -> EncodeResult (boxes in each source's pixels)."""
+        tensors = [torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None] for img in images]
+        same = len({t.shape for t in tensors}) == 1
+        batch: torch.Tensor | list[torch.Tensor] = torch.stack(tensors) if tensors and same else tensors
+        return self.encode(batch, with_features)
+
+
+def load_encoder(path: str | Path, device: str = "cpu", engine: str = "auto", batch_size: int = 32) -> HashEncoder:
+    return HashEncoder.from_checkpoint(path, device, engine, batch_size)
+
+
+EncoderBuilder = Callable[[], HashEncoder]

@@ -1,0 +1,344 @@
+"""`train(config)`: staged AG-CNN training of the hashing model, resumable per stage, DDP-ready.
+
+Each stage keeps `<work_dir>/<stage>.pt` (model, optimizer, scheduler, epoch,
+history), rewritten atomically after every epoch; a rerun skips finished stages
+and resumes a partial one at its next epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from medhash.atomic import atomic_path
+from medhash.data.labels import read_label_table
+from medhash.data.splits import assign_folds
+from medhash.model.checkpoint import save_checkpoint
+from medhash.model.encoder import cpu_supports_bf16
+from medhash.model.hashnet import AGHashNet, pack_codes
+from medhash.model.losses import pos_weight_from_labels
+from medhash.train.augment import augment_batch
+from medhash.train.config import TrainConfig
+from medhash.train.data import ImageSet, load_image_set
+from medhash.train.dist import DistContext, all_gather_cat, barrier, init_distributed
+from medhash.train.optim import build_optimizer, build_scheduler
+from medhash.train.stages import GlobalStage, HashStage, JointStage, LocalStage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    model_id: str
+    history: dict[str, list[dict[str, float]]]
+    val_map: float | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped_images: list[tuple[str, str]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for a precision name; None means fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+    if table[name] is torch.float16 and device.type != "cuda":
+        raise ValueError("fp16 autocast needs CUDA; use bf16 on the CPU")
+    return table[name]
+
+
+def config_digest(config: TrainConfig) -> str:
+    """What a stage's saved state must agree with to be resumed (paths and cosmetics excluded)."""
+    d = config.to_dict()
+    for key in ("out", "work_dir", "progress", "labels", "image_root"):
+        d.pop(key, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- validation -------------------------------------------------------------------------------------
+
+def macro_auroc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean one-vs-rest AUROC over classes that have both positives and negatives (rank formula, ties averaged)."""
+    from scipy.stats import rankdata
+
+    aucs = []
+    for c in range(targets.shape[1]):
+        pos = targets[:, c] > 0.5
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if n_pos and n_neg:
+            ranks = rankdata(scores[:, c])
+            aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def retrieval_map(query_codes: np.ndarray, db_codes: np.ndarray, query_y: np.ndarray, db_y: np.ndarray) -> float:
+    from medhash.eval.metrics import evaluate_codes
+
+    return float(evaluate_codes(query_codes, db_codes, query_y > 0.5, db_y > 0.5, ks=(10,)).map_tie_aware)
+
+
+# -- the trainer ------------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.ctx: DistContext = init_distributed(self.device)
+        if self.device.type == "cuda" and self.ctx.enabled:
+            self.device = torch.device("cuda", self.ctx.local_rank)
+            torch.cuda.set_device(self.device)
+        self.amp_dtype = resolve_precision(config.precision, self.device)
+        self.work_dir = Path(config.work_dir or f"{config.out}.stages")
+        self.digest = config_digest(config)
+        self.seconds: dict[str, float] = {}
+
+    # data ------------------------------------------------------------------------------------------
+    def load_data(self) -> tuple[ImageSet, ImageSet | None]:
+        cfg = self.config
+        table = read_label_table(cfg.labels, cfg.image_root, cfg.model.classes)
+        for problem in table.problems[:20]:
+            log.warning("%s: %s", table.source, problem)
+        folds = assign_folds(table.records, seed=cfg.seed)
+        held_out = set(cfg.val_folds) | set(cfg.test_folds)
+        train_mask = np.isin(folds, cfg.train_folds) if cfg.train_folds is not None else ~np.isin(folds, list(held_out))
+        val_mask = np.isin(folds, list(cfg.val_folds))
+        train_records = [r for r, keep in zip(table.records, train_mask) if keep]
+        val_records = [r for r, keep in zip(table.records, val_mask) if keep]
+        if not train_records:
+            raise ValueError(f"{cfg.labels}: no training images left after holding out folds {sorted(held_out)}")
+        t0 = time.perf_counter()
+        train_set = load_image_set(train_records, cfg.model.classes, cfg.load_size)
+        val_set = load_image_set(val_records, cfg.model.classes, cfg.load_size) if val_records else None
+        self.seconds["load_images"] = time.perf_counter() - t0
+        return train_set, val_set
+
+    # helpers ---------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _rank_batches(self, n: int, batch_size: int, epoch: int) -> list[np.ndarray]:
+        """This rank's batches of one epoch: a seeded permutation shared by all ranks, sharded by rank.
+
+        Every rank gets the same number of full batches (DDP steps must match); the
+        tail that does not fill a batch on every rank is dropped for this epoch.
+        """
+        perm = np.random.default_rng([self.config.seed, epoch]).permutation(n)
+        per_rank = n // self.ctx.world_size
+        mine = perm[self.ctx.rank * per_rank:(self.ctx.rank + 1) * per_rank]
+        n_batches = max(1, len(mine) // batch_size) if len(mine) >= batch_size else (1 if len(mine) else 0)
+        return [mine[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+    def _save_state(self, path: Path, state: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+        barrier(self.ctx)
+
+    def _load_state(self, path: Path, stage: str) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("digest") != self.digest:
+            raise ValueError(
+                f"{path}: stage '{stage}' state was made with a different training config; "
+                f"delete {self.work_dir} (or pass a new --work-dir) to start over"
+            )
+        return state
+
+    def run_stage(
+        self,
+        model: AGHashNet,
+        step: nn.Module,
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        n_items: int,
+        get_batch: Callable[[np.ndarray, torch.Generator], tuple[Any, torch.Tensor]],
+        validate: Callable[[], dict[str, float]],
+    ) -> list[dict[str, float]]:
+        cfg, name = self.config, step.name
+        path = self.work_dir / f"{name}.pt"
+        state = self._load_state(path, name)
+        if state is not None and state.get("done"):
+            model.load_state_dict(state["model"])
+            log.info("stage %s already done; skipped", name)
+            return state["history"]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = [p for module in step.trainable() for p in module.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        wrapped: nn.Module = DistributedDataParallel(step) if self.ctx.enabled else step
+        optimizer = build_optimizer(cfg.optimizer, params, lr, cfg.weight_decay)
+        steps_per_epoch = len(self._rank_batches(n_items, batch_size, 0))
+        scheduler = build_scheduler(cfg.schedule, optimizer, epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        start, history = 0, []
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start, history = state["epoch"], state["history"]
+            log.info("stage %s resumed at epoch %d", name, start + 1)
+        t_stage = time.perf_counter()
+        for epoch in range(start, epochs):
+            model.train()
+            for module in step.frozen_eval():
+                module.eval()
+            gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + self.ctx.rank)
+            batches = self._rank_batches(n_items, batch_size, epoch)
+            bar = tqdm(batches, desc=f"{name} {epoch + 1}/{epochs}", disable=not (cfg.progress and self.ctx.is_main), leave=False)
+            t0, seen, total, terms_sum = time.perf_counter(), 0, 0.0, {}
+            for idx in bar:
+                x, y = get_batch(idx, gen)
+                with self._autocast():
+                    loss, terms = wrapped(x, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                seen += len(idx)
+                total += float(loss.detach()) * len(idx)
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + v * len(idx)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{seen * self.ctx.world_size / (time.perf_counter() - t0):.1f}")
+            elapsed = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "loss": total / max(seen, 1), "images_per_s": seen * self.ctx.world_size / elapsed}
+            record.update({k: v / max(seen, 1) for k, v in terms_sum.items()})
+            model.eval()
+            record.update(validate())
+            history.append(record)
+            if self.ctx.is_main:
+                log.info("stage %s epoch %d: %s", name, epoch + 1, {k: round(v, 4) for k, v in record.items()})
+            self._save_state(path, {"stage": name, "epoch": epoch + 1, "done": epoch + 1 == epochs, "digest": self.digest,
+                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "history": history})
+        if epochs == 0:
+            self._save_state(path, {"stage": name, "epoch": epochs, "done": True, "digest": self.digest,
+                                    "model": model.state_dict(), "history": history})
+        self.seconds[f"stage_{name}"] = time.perf_counter() - t_stage
+        return history
+
+    # features for the hash stage --------------------------------------------------------------------
+    @torch.no_grad()
+    def pooled_features(self, model: AGHashNet, data: ImageSet, batch_size: int = 64) -> dict[str, torch.Tensor]:
+        model.eval()
+        parts: dict[str, list[torch.Tensor]] = {"global": [], "local": []}
+        for start in range(0, len(data), batch_size):
+            x, _ = data.batch(np.arange(start, min(start + batch_size, len(data))))
+            with self._autocast():
+                feats = model.pooled_features(x.to(self.device))
+            for k in parts:
+                parts[k].append(feats[k].float().cpu())
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    # whole run -------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        t_all = time.perf_counter()
+        train_set, val_set = self.load_data()
+        model = AGHashNet(cfg.model).to(self.device)
+        if self.amp_dtype is not None:
+            model = model.to(memory_format=torch.channels_last)
+        pos_weight = pos_weight_from_labels(train_set.targets).to(self.device) if cfg.class_weighting else None
+        history: dict[str, list[dict[str, float]]] = {}
+        dev = self.device
+
+        def image_batch(data: ImageSet, augment: bool):
+            def get(idx: np.ndarray, gen: torch.Generator):
+                x, y = data.batch(idx)
+                if augment:
+                    x = augment_batch(x, cfg.augment, gen)
+                return x.to(dev), y.to(dev)
+            return get
+
+        def branch_validation(branch: str) -> Callable[[], dict[str, float]]:
+            def validate() -> dict[str, float]:
+                if val_set is None or not self.ctx.is_main:
+                    return {}
+                feats = self.pooled_features(model, val_set)
+                clf = model.global_classifier if branch == "global" else model.local_classifier
+                scores = clf(feats[branch].to(dev)).float().cpu().numpy()
+                return {"val_auroc": macro_auroc(scores, val_set.targets.numpy())}
+            return validate
+
+        for stage, epochs in ((GlobalStage(model, pos_weight), cfg.epochs_global), (LocalStage(model, pos_weight), cfg.epochs_local)):
+            history[stage.name] = self.run_stage(model, stage, epochs, cfg.lr, cfg.batch_size, len(train_set),
+                                                 image_batch(train_set, True), branch_validation(stage.name))
+
+        # Hash head on frozen features: computed once, then many cheap epochs.
+        t0 = time.perf_counter()
+        train_feats = {k: v.to(dev) for k, v in self.pooled_features(model, train_set).items()}
+        val_feats = {k: v.to(dev) for k, v in self.pooled_features(model, val_set).items()} if val_set is not None else None
+        self.seconds["cache_features"] = time.perf_counter() - t0
+        train_y = train_set.targets.to(dev)
+
+        def hash_validation() -> dict[str, float]:
+            if val_feats is None or not self.ctx.is_main:
+                return {}
+            with torch.no_grad():
+                db = pack_codes(model.hash_head(train_feats)[1])
+                q = pack_codes(model.hash_head(val_feats)[1])
+            return {"val_map": retrieval_map(q, db, val_set.targets.numpy(), train_set.targets.numpy())}
+
+        def feature_batch(idx: np.ndarray, gen: torch.Generator):
+            t = torch.as_tensor(idx, device=dev)
+            return {k: v[t] for k, v in train_feats.items()}, train_y[t]
+
+        history["hash"] = self.run_stage(model, HashStage(model, pos_weight, cfg.losses), cfg.epochs_hash, cfg.lr_hash,
+                                         cfg.hash_batch_size, len(train_set), feature_batch, hash_validation)
+        if cfg.epochs_joint > 0:
+            def joint_validation() -> dict[str, float]:
+                nonlocal train_feats, val_feats
+                train_feats = {k: v.to(dev) for k, v in self.pooled_features(model, train_set).items()}
+                val_feats = {k: v.to(dev) for k, v in self.pooled_features(model, val_set).items()} if val_set is not None else None
+                return hash_validation()
+
+            history["joint"] = self.run_stage(model, JointStage(model, pos_weight, cfg.losses), cfg.epochs_joint, cfg.lr_joint,
+                                              cfg.batch_size, len(train_set), image_batch(train_set, True), joint_validation)
+        self.seconds["total"] = time.perf_counter() - t_all
+        last = [h for stage in ("joint", "hash") for h in history.get(stage, [])[-1:]]
+        val_map = last[0].get("val_map") if last else None
+        model_id = ""
+        if self.ctx.is_main:
+            model_id = save_checkpoint(cfg.out, model.to(memory_format=torch.contiguous_format).cpu(), extra={
+                "train_config": cfg.to_dict(),
+                "history": history,
+                "val_map": val_map,
+                "seconds": self.seconds,
+                "world_size": self.ctx.world_size,
+                "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+                "init": {"source": "random"},
+                "skipped_images": train_set.failures[:100],
+            })
+        barrier(self.ctx)
+        return TrainResult(Path(cfg.out), model_id, history, val_map, self.seconds, train_set.failures)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    return Trainer(config).fit()
