@@ -25,3 +25,43 @@ class LabelTableError(MedhashError):
 
 class CheckpointError(MedhashError):
     """A checkpoint is corrupt, incomplete or incompatible with what was asked."""
+
+
+class IndexManifestError(MedhashError):
+    """An index folder's manifest, checksums, model_id or bit length do not match what was asked.
+
+    `path` names the index folder (or file), `reason` says what disagrees.
+    """
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CodeShardError(MedhashError):
+    """A codes Parquet shard is unreadable or breaks the layout contract (names the file)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DuplicateImageIdError(MedhashError):
+    """Image ids that are already in the index (or twice in the input) were given without replace."""
+
+    def __init__(self, where: str | Path, image_ids: list[str], total: int):
+        self.where = str(where)
+        self.image_ids = list(image_ids)
+        self.total = total
+        shown = ", ".join(self.image_ids[:5]) + (" ..." if total > 5 else "")
+        super().__init__(f"{self.where}: {total} duplicate image id(s): {shown}")
+
+
+class PipelineError(MedhashError):
+    """An encoding job cannot run or finish: bad inputs, an output folder of another model, failed shards."""
+
+
+class GpuUnavailableError(MedhashError):
+    """GPU work was asked for where faiss has no GPU support or no GPU is visible (the reason says which)."""

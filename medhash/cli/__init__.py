@@ -18,6 +18,10 @@ from medhash import __version__
 COMMAND_MODULES = [
     "medhash.cli.data_cmds",
     "medhash.cli.model_cmds",
+    "medhash.cli.pretrain_cmds",
+    "medhash.cli.encode_cmds",
+    "medhash.cli.index_cmds",
+    "medhash.cli.query_cmds",
 ]
 
 

@@ -22,6 +22,7 @@ def _folds(text: str) -> tuple[int, ...]:
 @click.option("--local-size", default=None, type=int, help="Local-branch crop side (default: --size).")
 @click.option("--load-size", default=256, show_default=True, help="Images are held at this side; crops come from it.")
 @click.option("--tau", default=0.7, show_default=True, help="Saliency threshold for the attention crop.")
+@click.option("--fusion-dim", default=512, show_default=True, help="Width of the fused FC layer before the hash layer.")
 @click.option("--fusion-inputs", default="global,local", show_default=True, help="Branches fused into the hash layer.")
 @click.option("--epochs-global", default=8, show_default=True)
 @click.option("--epochs-local", default=8, show_default=True)
@@ -31,28 +32,30 @@ def _folds(text: str) -> tuple[int, ...]:
 @click.option("--lr", default=3e-4, show_default=True)
 @click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "sgd"]))
 @click.option("--quantization-weight", default=0.1, show_default=True)
-@click.option("--bit-balance-weight", default=0.1, show_default=True)
+@click.option("--bit-balance-weight", default=1.0, show_default=True)
 @click.option("--val-folds", default="4", show_default=True, help="Comma-separated folds held out for validation.")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--work-dir", default=None, help="Per-stage resumable state (default: OUT.stages/).")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Backbone file from `medhash pretrain` (C2L) for both branches.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def train_cmd(labels, image_root, out, bits, backbone, global_size, local_size, load_size, tau, fusion_inputs,
+def train_cmd(labels, image_root, out, bits, backbone, global_size, local_size, load_size, tau, fusion_dim, fusion_inputs,
               epochs_global, epochs_local, epochs_hash, epochs_joint, batch_size, lr, optimizer,
-              quantization_weight, bit_balance_weight, val_folds, precision, device, seed, work_dir, no_progress):
+              quantization_weight, bit_balance_weight, val_folds, precision, device, seed, work_dir, init, no_progress):
     """Train the hashing model in AG-CNN stages (global, local, hash head, optional joint); resumable; torchrun-ready."""
     from medhash.model.config import ModelConfig
     from medhash.model.losses import LossWeights
     from medhash.train import TrainConfig, train
 
     model = ModelConfig(backbone=backbone, bits=bits, global_size=global_size, local_size=local_size or global_size,
-                        tau=tau, fusion_inputs=tuple(s.strip() for s in fusion_inputs.split(",") if s.strip()))
+                        tau=tau, fusion_dim=fusion_dim, fusion_inputs=tuple(s.strip() for s in fusion_inputs.split(",") if s.strip()))
     config = TrainConfig(labels=labels, out=out, model=model, image_root=image_root, load_size=load_size,
                          epochs_global=epochs_global, epochs_local=epochs_local, epochs_hash=epochs_hash,
                          epochs_joint=epochs_joint, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          losses=LossWeights(1.0, quantization_weight, bit_balance_weight), val_folds=_folds(val_folds),
-                         precision=precision, device=device, seed=seed, work_dir=work_dir, progress=not no_progress)
+                         precision=precision, device=device, seed=seed, work_dir=work_dir, init=init,
+                         progress=not no_progress)
     result = train(config)
     if result.model_id:
         val = f"{result.val_map:.4f}" if result.val_map is not None else "n/a"
@@ -82,9 +85,8 @@ def evaluate_cmd(model, labels, image_root, query_folds, ks, boxes, engine, devi
                f"{report['n_queries']} queries x {report['n_database']} database images")
     click.echo(f"  mAP tie-aware {r['map_tie_aware']:.4f}   mAP stable order {r['map_stable']:.4f}")
     for k in ks:
-        click.echo(f"  @{k}: mAP {r['map_at_k'][str(k)] if str(k) in r['map_at_k'] else r['map_at_k'][k]:.4f}  "
-                   f"P {r['p_at_k'][str(k)] if str(k) in r['p_at_k'] else r['p_at_k'][k]:.4f}  "
-                   f"R {r['r_at_k'][str(k)] if str(k) in r['r_at_k'] else r['r_at_k'][k]:.4f}")
+        key = str(k)  # the JSON report keys k as strings
+        click.echo(f"  @{k}: mAP {r['map_at_k'][key]:.4f}  P {r['p_at_k'][key]:.4f}  R {r['r_at_k'][key]:.4f}  (tie-aware)")
     for name, loc in report.get("localization", {}).items():
         if loc["n_images"]:
             click.echo(f"  {name}: pointing game {loc['pointing_game']:.3f} on {loc['n_images']} images, crop IoU {loc['crop_box_best_iou']:.3f}")

@@ -124,6 +124,7 @@ class Anatomy:
     heart_cy: float
     heart_rx: float
     heart_ry: float
+    heart_tilt: float  # radians; the long axis runs down towards the patient's left
     body_half_width: float
     tissue: float  # soft-tissue attenuation
     air: float  # attenuation removed by lung air
@@ -159,7 +160,7 @@ def _sample_anatomy(rng: np.random.Generator, texture_seed: tuple[int, ...]) -> 
     apex = u(0.10, 0.14)
     cp_right = u(0.74, 0.79)
     medial = u(0.045, 0.06)
-    heart_rx = u(0.15, 0.175)
+    heart_rx = u(0.16, 0.18)
     return Anatomy(
         cx=cx,
         medial=medial,
@@ -167,18 +168,19 @@ def _sample_anatomy(rng: np.random.Generator, texture_seed: tuple[int, ...]) -> 
         apex=(apex + u(0.0, 0.01), apex + u(0.0, 0.01)),
         costophrenic=(cp_right, cp_right + u(0.01, 0.035)),
         dome=(u(0.06, 0.10), u(0.05, 0.09)),
-        heart_cx=cx + medial + u(-0.005, 0.02),
-        heart_cy=cp_right - u(0.08, 0.11),
+        heart_cx=cx + u(0.03, 0.05),
+        heart_cy=cp_right - u(0.10, 0.13),
         heart_rx=heart_rx,
-        heart_ry=heart_rx * u(0.7, 0.82),
+        heart_ry=heart_rx * u(0.68, 0.78),
+        heart_tilt=u(0.3, 0.5),
         body_half_width=u(0.46, 0.52),
         tissue=u(0.52, 0.6),
         air=u(0.34, 0.40),
         marking_amp=u(0.10, 0.14),
         rib_start=apex - u(0.02, 0.04),
         rib_spacing=u(0.062, 0.072),
-        clavicle_y=apex + u(0.05, 0.08),
-        clavicle_rise=u(0.05, 0.09),
+        clavicle_y=apex + u(0.08, 0.11),
+        clavicle_rise=u(0.06, 0.10),
         clavicle_length=u(0.30, 0.36),
         gastric_bubble=bool(rng.random() < 0.7),
         texture_seed=texture_seed,
@@ -236,13 +238,24 @@ def _diaphragm(an: Anatomy, i: int, t):
     return an.costophrenic[i] - an.dome[i] * np.clip(1.0 - ((t - 0.4) / 0.6) ** 2, 0.0, 1.0)
 
 
-def _heart_inside(an: Anatomy, x, y, scale_x: float = 1.0, scale_y: float = 1.0):
+def _heart_ellipse(an: Anatomy, scale_x: float, scale_y: float) -> tuple[float, float, float, float]:
     rx, ry = an.heart_rx * scale_x, an.heart_ry * scale_y
-    # An enlarged heart grows to the patient's left and down, its right border stays put.
-    hx = an.heart_cx + 0.55 * (rx - an.heart_rx)
-    hy = an.heart_cy + 0.5 * (ry - an.heart_ry)
-    q = ((x - hx) / rx) ** 2 + ((y - hy) / ry) ** 2
-    return (1.0 - np.sqrt(q)) * min(rx, ry)
+    # An enlarged heart grows to the patient's left and down; its right border stays put.
+    return an.heart_cx + 0.55 * (rx - an.heart_rx), an.heart_cy + 0.4 * (ry - an.heart_ry), rx, ry
+
+
+def _heart_inside(an: Anatomy, x, y, scale_x: float = 1.0, scale_y: float = 1.0):
+    hx, hy, rx, ry = _heart_ellipse(an, scale_x, scale_y)
+    c, s = math.cos(an.heart_tilt), math.sin(an.heart_tilt)
+    along, across = (x - hx) * c + (y - hy) * s, (y - hy) * c - (x - hx) * s
+    return (1.0 - np.sqrt((along / rx) ** 2 + (across / ry) ** 2)) * min(rx, ry)
+
+
+def _heart_bounds(an: Anatomy, scale_x: float, scale_y: float) -> NormBox:
+    hx, hy, rx, ry = _heart_ellipse(an, scale_x, scale_y)
+    c, s = math.cos(an.heart_tilt), math.sin(an.heart_tilt)
+    ex, ey = math.hypot(rx * c, ry * s), math.hypot(rx * s, ry * c)
+    return (hx - ex, hy - ey, hx + ex, hy + ey)
 
 
 def _lung_bounds(an: Anatomy, side: int) -> NormBox:
@@ -255,21 +268,30 @@ def _lung_bounds(an: Anatomy, side: int) -> NormBox:
 # --------------------------------------------------------------------------- textures
 
 
-def _rbf_weights(coords: np.ndarray, cells: int) -> np.ndarray:
-    """Gaussian interpolation weights from `cells` control points to `coords` (smooth noise)."""
-    centres = np.linspace(-0.2, 1.2, cells, dtype=np.float32)
-    step = centres[1] - centres[0]
-    w = np.exp(-0.5 * ((coords[:, None] - centres[None, :]) / step) ** 2)
-    w /= w.sum(axis=1, keepdims=True)
-    return w.astype(np.float32)
+def _gaussian_taps(coords: np.ndarray, cells: int, taps: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and weights of the `taps` control points nearest each coordinate (Gaussian kernel)."""
+    lo, hi = -0.2, 1.2
+    step = (hi - lo) / (cells - 1)
+    pos = (coords.astype(np.float64) - lo) / step
+    idx = np.floor(pos).astype(np.int64)[:, None] + np.arange(-(taps // 2), taps - taps // 2)[None, :]
+    weights = np.exp(-0.5 * (pos[:, None] - idx) ** 2)
+    weights = weights / weights.sum(axis=1, keepdims=True)
+    return np.clip(idx, 0, cells - 1), weights.astype(np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, cells: int) -> np.ndarray:
-    """Band-limited noise of unit-ish std, anchored to normalised coordinates (moves with the pose)."""
+    """Band-limited noise of unit-ish std, anchored to normalised coordinates (moves with the pose).
+
+    Separable Gaussian interpolation of a cells x cells grid of normal draws, done with
+    gathers rather than a matrix product: BLAS threading makes small products slow on busy CPUs.
+    """
     control = rng.standard_normal((cells, cells)).astype(np.float32)
-    wy, wx = _rbf_weights(ys, cells), _rbf_weights(xs, cells)
+    ix, wx = _gaussian_taps(xs, cells)
+    iy, wy = _gaussian_taps(ys, cells)
+    rows = sum(control[:, ix[:, k]] * wx[:, k] for k in range(ix.shape[1]))  # (cells, W)
+    out = sum(rows[iy[:, k], :] * wy[:, k, None] for k in range(iy.shape[1]))  # (H, W)
     gain = 1.0 / (np.sqrt((wy**2).sum(1)).mean() * np.sqrt((wx**2).sum(1)).mean())
-    return (wy @ control @ wx.T) * np.float32(gain)
+    return (out * np.float32(gain)).astype(np.float32)
 
 
 def _segment_distance(x, y, p0: tuple[float, float], p1: tuple[float, float]):
@@ -297,35 +319,46 @@ class _Scene:
         texture_rng = np.random.default_rng(list(an.texture_seed))
         self.parenchyma = _smooth_noise(texture_rng, self.xs, self.ys, 40)
         self.lung = {side: _soft(_lung_inside(an, side, x, y), edge) for side in SIDES}
+        self.diaphragm_y = self._diaphragm_line()
+        self.above_diaphragm = _soft(self.diaphragm_y[None, :] + 0.01 - y, edge)
         self.heart = self.heart_mask(1.0, 1.0)
         self.markings = self._markings(texture_rng)
         lungs = self.lung[-1] + self.lung[1]
+        d = np.abs(x - an.cx)
+        neck = 0.12
+        body_width = neck + (an.body_half_width - neck) * (0.5 + 0.5 * np.tanh((y - 0.1) / 0.06))
+        self.body = _soft(body_width - d, 0.015)
+        ribs_wall, ribs_over_lung = self._ribs(d)
         # Attenuation that lung air removes (air minus the vessels it holds); the bases hold less air.
         self.lung_air = an.air * (1.08 - 0.3 * (y - 0.3)) - an.marking_amp * self.markings
-        self.air_term = lungs * self.lung_air
-        self.base = self._attenuation(lungs)
+        # What aerated lung subtracts from the picture: its air, less the rib edges it makes stand out.
+        # The heart hides exactly this, so an enlarged heart is an additive term too.
+        self.ribs_over_lung = ribs_over_lung
+        self.lung_shadow = lungs * (self.lung_air - self.body * ribs_over_lung)
+        self.base = self._attenuation(lungs, d) + self.body * ribs_wall
 
     def heart_mask(self, scale_x: float, scale_y: float) -> np.ndarray:
         an = self.anatomy
         inside = _heart_inside(an, self.x, self.y, scale_x, scale_y)
-        return _soft(inside, 0.006) * self.above_diaphragm
+        return _soft(inside, 0.009) * self.above_diaphragm
 
-    @property
-    def above_diaphragm(self) -> np.ndarray:
-        if not hasattr(self, "_above"):
-            an, x = self.anatomy, self.xs
-            side = np.where(x < an.cx, -1, 1)
-            i = (side > 0).astype(int)
-            width = np.array(an.lung_width)[i]
-            t = np.clip((side * (x - an.cx) - an.medial) / width, 0.0, 1.0)
-            floor = np.array(an.costophrenic)[i] - np.array(an.dome)[i] * np.clip(1 - ((t - 0.4) / 0.6) ** 2, 0, 1)
-            self.diaphragm_y = floor.astype(np.float32)
-            self._above = _soft(self.diaphragm_y[None, :] + 0.01 - self.y, 0.006)
-        return self._above
+    def _diaphragm_line(self) -> np.ndarray:
+        """y of the diaphragm in every pixel column (medially: the domes' inner ends)."""
+        an, x = self.anatomy, self.xs
+        right = x >= an.cx
+        floor = [
+            _diaphragm(an, i, np.clip((side * (x - an.cx) - an.medial) / an.lung_width[i], 0.0, 1.0))
+            for i, side in enumerate(SIDES)
+        ]
+        return np.where(right, floor[1], floor[0]).astype(np.float32)
 
     def heart_term(self, heart: np.ndarray) -> np.ndarray:
         """The heart replaces lung air in projection and adds its own density."""
-        return heart * (self.air_term + 0.07)
+        return heart * (self.lung_shadow + 0.05)
+
+    def aerated(self, side: int) -> np.ndarray:
+        """One lung's share of `lung_shadow`, outside the heart: what filling it with fluid or pus undoes."""
+        return self.lung[side] * (1.0 - self.heart) * (self.lung_air - self.body * self.ribs_over_lung)
 
     def finding_rng(self, key: tuple[int, ...]) -> np.random.Generator:
         return np.random.default_rng(list(key))
@@ -339,27 +372,24 @@ class _Scene:
             hx, hy = an.cx + side * (an.medial + 0.05), an.heart_cy - 0.2
             dx, dy = x - hx, y - hy
             r = np.sqrt(dx * dx + dy * dy)
-            angle = np.arctan2(dy, dx)
+            angle = np.arctan2(dy, dx) + 0.05 * self.parenchyma  # vessels curve a little
             spectrum = rng.standard_normal(bins).astype(np.float32)
             kernel = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2)
-            streak = np.convolve(np.concatenate([spectrum[-6:], spectrum, spectrum[:6]]), kernel / kernel.sum(), "valid")
+            wrapped = np.concatenate([spectrum[-6:], spectrum, spectrum[:6]])  # angles wrap around
+            streak = np.convolve(wrapped, kernel / kernel.sum(), "valid")
             streak /= streak.std()
             idx = ((angle + np.pi) * (bins / (2 * np.pi))).astype(np.int32) % bins
             vessel = np.clip(streak[idx] - (0.3 + 2.0 * r), 0.0, None)
             out += vessel * np.exp(-r / 0.25) * self.lung[side]
         out *= np.clip(0.7 + 0.5 * self.parenchyma, 0.0, None)
-        out = ndimage.gaussian_filter(out, 0.003 * self.size)
+        out = ndimage.gaussian_filter(out, 0.004 * self.size)
         return np.clip(out, 0.0, 1.5)
 
-    def _attenuation(self, lungs: np.ndarray) -> np.ndarray:
-        an, x, y = self.anatomy, self.x, self.y
-        d = np.abs(x - an.cx)
-        neck = 0.11
-        body_width = neck + (an.body_half_width - neck) * (0.5 + 0.5 * np.tanh((y - 0.1) / 0.04))
-        body = _soft(body_width - d, 0.015)
+    def _attenuation(self, lungs: np.ndarray, d: np.ndarray) -> np.ndarray:
+        an, x, y, body = self.anatomy, self.x, self.y, self.body
         a = an.tissue * body
         a = a + 0.01 * self.parenchyma * body
-        a = a - self.air_term + self.heart_term(self.heart)
+        a = a - self.lung_shadow + self.heart_term(self.heart)
 
         below = 1.0 - self.above_diaphragm
         a = a + 0.05 * below * body  # liver / spleen
@@ -382,11 +412,11 @@ class _Scene:
         )
         a = a + 0.07 * hilum * lungs
 
-        a = a + body * self._ribs(d)
-        a = a + 0.16 * self._clavicles()
+        a = a + 0.12 * self._clavicles()
         return a.astype(np.float32)
 
-    def _ribs(self, d: np.ndarray) -> np.ndarray:
+    def _ribs(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rib attenuation everywhere, and the extra that shows over aerated lung."""
         an, y = self.anatomy, self.y
         lateral = np.clip(d - 0.06, 0.0, None)
         # Posterior ribs: from the spine up a little, then down along the chest wall.
@@ -397,15 +427,14 @@ class _Scene:
         band = np.clip(np.sin(np.pi * np.clip(frac / 0.36, 0.0, 1.0)), 0.0, None) ** 0.6
         count = _soft(phase, 0.05) * _soft(9.6 - phase, 0.05)
         extent = _soft(d - 0.035, 0.01) * _soft(0.47 - d, 0.02)
-        lungs = self.lung[-1] + self.lung[1]
-        posterior = 0.075 * band * count * extent * (0.35 + 0.65 * lungs)
+        posterior = 0.075 * band * count * extent
         # Anterior ribs: fainter, sloping down towards the midline.
         ua = y + 0.45 * d
         phase_a = (ua - an.rib_start - 0.2) / (1.25 * an.rib_spacing)
         frac_a = phase_a - np.floor(phase_a)
         band_a = np.sin(np.pi * np.clip(frac_a / 0.4, 0.0, 1.0))
         extent_a = _soft(d - 0.13, 0.03) * _soft(0.45 - d, 0.03) * _soft(phase_a, 0.1) * _soft(5.5 - phase_a, 0.1)
-        return posterior + 0.04 * band_a * extent_a
+        return 0.3 * posterior, 0.7 * posterior + 0.04 * band_a * extent_a
 
     def _clavicles(self) -> np.ndarray:
         an = self.anatomy
@@ -546,20 +575,18 @@ class Effusion(Finding):
     @classmethod
     def sample(cls, rng, an, taken, key):
         side = int(rng.choice(SIDES))
-        lateral = rng.uniform(0.09, 0.22)
-        return cls(side, lateral, lateral * rng.uniform(0.0, 0.45), _lung_bounds(an, side))
+        lateral = rng.uniform(0.13, 0.26)
+        return cls(side, lateral, lateral * rng.uniform(0.0, 0.3), _lung_bounds(an, side))
 
     def term(self, scene):
         an, side = scene.anatomy, self.side
         i = _side_index(side)
         t = np.clip((side * (scene.x - an.cx) - an.medial) / an.lung_width[i], 0.0, 1.0)
-        meniscus = an.costophrenic[i] - self.medial_height - (self.lateral_height - self.medial_height) * t**2
+        meniscus = an.costophrenic[i] - self.medial_height - (self.lateral_height - self.medial_height) * t**1.5
         depth = scene.y - meniscus
-        fluid = _soft(depth, 0.012) * np.clip(0.85 + 2.0 * depth, 0.85, 1.1)
-        # The fluid fills the recess behind the dome too, so the angle and the dome edge vanish.
-        recess = _soft(_lung_inside(an, side, scene.x, scene.y - 0.025), 0.006)
-        lung = np.maximum(scene.lung[side], recess * _soft(an.costophrenic[i] + 0.02 - scene.y, 0.006))
-        return (fluid * lung * (1.0 - scene.heart) * (scene.lung_air + 0.03)).astype(np.float32)
+        # Fluid replaces the air below the meniscus: the angle fills in and the dome edge vanishes.
+        fluid = _soft(depth, 0.012) * np.clip(0.9 + 2.0 * depth, 0.9, 1.05)
+        return (fluid * (scene.aerated(side) + 0.01 * scene.lung[side])).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -577,10 +604,8 @@ class Cardiomegaly(Finding):
 
     @classmethod
     def sample(cls, rng, an, taken, key):
-        sx, sy = rng.uniform(1.3, 1.5), rng.uniform(1.12, 1.22)
-        rx, ry = an.heart_rx * sx, an.heart_ry * sy
-        hx, hy = an.heart_cx + 0.55 * (rx - an.heart_rx), an.heart_cy + 0.5 * (ry - an.heart_ry)
-        return cls(sx, sy, (hx - rx, hy - ry, hx + rx, hy + ry))
+        sx, sy = rng.uniform(1.28, 1.45), rng.uniform(1.12, 1.22)
+        return cls(sx, sy, _heart_bounds(an, sx, sy))
 
     def _mask(self, scene):
         return scene.heart_mask(self.scale_x, self.scale_y)
@@ -616,25 +641,28 @@ class Consolidation(Finding):
         hilum = (an.cx + side * (an.medial + 0.05), an.heart_cy - 0.2)
         base = math.atan2(y - hilum[1], x - hilum[0])  # bronchi run away from the hilum
         bronchi = []
-        for _ in range(int(rng.integers(2, 4))):
-            ang = base + rng.uniform(-0.5, 0.5)
-            sx, sy = x - 0.6 * rx * math.cos(ang) + rng.uniform(-0.02, 0.02), y - 0.6 * ry * math.sin(ang)
-            length = rng.uniform(0.8, 1.2) * (rx + ry) / 2
+        for offset in np.linspace(-0.5, 0.5, int(rng.integers(2, 4))) * (rx + ry) / 2:
+            ang = base + rng.uniform(-0.2, 0.2)
+            sx = x - 0.6 * rx * math.cos(base) - offset * math.sin(base)
+            sy = y - 0.6 * ry * math.sin(base) + offset * math.cos(base)
+            length = rng.uniform(0.8, 1.1) * (rx + ry) / 2
             ex, ey = sx + length * math.cos(ang), sy + length * math.sin(ang)
             bronchi.append((sx, sy, ex, ey))
             mx, my = (sx + ex) / 2, (sy + ey) / 2  # one branch from the middle
-            bang = ang + rng.choice([-1, 1]) * rng.uniform(0.4, 0.8)
+            bang = ang + rng.choice([-1, 1]) * rng.uniform(0.3, 0.6)
             bronchi.append((mx, my, mx + 0.5 * length * math.cos(bang), my + 0.5 * length * math.sin(bang)))
         return cls(side, x, y, rx, ry, tuple(bronchi), key)
 
     def term(self, scene):
         an = scene.anatomy
         ellipse = 1.0 - np.sqrt(((scene.x - self.x) / self.rx) ** 2 + ((scene.y - self.y) / self.ry) ** 2)
-        patches = _smooth_noise(scene.finding_rng(self.key), scene.xs, scene.ys, 30)
-        region = _soft(ellipse + 0.4 * patches - 0.1, 0.08) * np.clip(0.65 + 0.45 * patches, 0.0, 1.0)
-        region = region * scene.lung[self.side] * (1.0 - scene.heart)
+        rng = scene.finding_rng(self.key)
+        patches = _smooth_noise(rng, scene.xs, scene.ys, 30)
+        blotches = _smooth_noise(rng, scene.xs, scene.ys, 70)
+        region = _soft(ellipse + 0.2 * patches + 0.05, 0.15) * np.clip(0.7 + 0.25 * patches + 0.25 * blotches, 0.2, 1.0)
         tube = sum(_soft(0.0045 - _segment_distance(scene.x, scene.y, s[:2], s[2:]), 0.002) for s in self.bronchi)
-        return (region * (0.85 * scene.lung_air + 0.04) * (1.0 - 0.55 * np.clip(tube, 0, 1))).astype(np.float32)
+        fill = 0.8 * scene.aerated(self.side) + 0.03 * scene.lung[self.side]
+        return (region * fill * (1.0 - 0.6 * np.clip(tube, 0, 1))).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -656,7 +684,7 @@ class Pneumothorax(Finding):
     @classmethod
     def sample(cls, rng, an, taken, key):
         side = int(rng.choice(SIDES))
-        return cls(side, rng.uniform(0.04, 0.075), rng.uniform(0.45, 0.8), _lung_bounds(an, side))
+        return cls(side, rng.uniform(0.05, 0.085), rng.uniform(0.45, 0.8), _lung_bounds(an, side))
 
     def _retract(self, s):
         return self.depth * np.cos(0.5 * np.pi * np.clip(s / self.reach, 0.0, 1.0))
@@ -669,7 +697,7 @@ class Pneumothorax(Finding):
         inside = _lung_inside(an, self.side, scene.x, scene.y)
         pleura = np.exp(-((collapsed / 0.0035) ** 2)) * _soft(inside - collapsed - 0.01, 0.003)
         vessels = an.marking_amp * scene.markings * lung
-        return (0.12 * pleura - gap * (vessels + 0.08)).astype(np.float32)
+        return (0.12 * pleura - gap * (vessels + 0.1)).astype(np.float32)
 
 
 FINDING_TYPES: dict[str, type[Finding]] = {
@@ -775,9 +803,9 @@ def _mask_box(mask: np.ndarray, fallback: NormBox, size: int) -> Box:
     if rows.size:
         return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
     # Nothing above threshold (cannot happen for findings placed inside the lungs): use the sampled box.
-    x0 = min(max(int(fallback[0] * size), 0), size - 1)
-    y0 = min(max(int(fallback[1] * size), 0), size - 1)
-    return (x0, y0, max(x0 + 1, min(int(math.ceil(fallback[2] * size)), size)), max(y0 + 1, min(int(math.ceil(fallback[3] * size)), size)))
+    x0, y0 = (min(max(int(v * size), 0), size - 1) for v in fallback[:2])
+    x1, y1 = (min(int(math.ceil(v * size)), size) for v in fallback[2:])
+    return (x0, y0, max(x0 + 1, x1), max(y0 + 1, y1))
 
 
 def render_phantom(spec: PhantomSpec, size: int, findings: Iterable[str] | None = None) -> Rendering:
@@ -817,7 +845,7 @@ def generate_phantom(index: int, config: PhantomConfig, *, render_findings: bool
 # --------------------------------------------------------------------------- datasets
 
 
-def _png_bytes_path(image: np.ndarray, path: Path) -> None:
+def _write_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -833,11 +861,27 @@ def _csv_text(header: Iterable[str], rows: Iterable[Iterable]) -> str:
     return buffer.getvalue()
 
 
-def write_phantom_dataset(out_dir: str | Path, n: int, config: PhantomConfig = PhantomConfig(), folds: int = 5) -> Path:
+def _write_slice(out: Path, config: PhantomConfig, indices: range, folds: int) -> tuple[list, list]:
+    """Write the PNGs of `indices`; return their labels.csv and boxes.csv rows."""
+    label_rows, box_rows = [], []
+    for index in indices:
+        phantom = generate_phantom(index, config)
+        file = f"images/{phantom.image_id}.png"
+        _write_png(phantom.image, out / file)
+        fold = patient_slot(index, config.followup_every).ordinal % folds
+        label_rows.append((phantom.image_id, file, phantom.patient_id, "|".join(phantom.labels), fold))
+        box_rows.extend((phantom.image_id, name, *box) for name, box in phantom.boxes)
+    return label_rows, box_rows
+
+
+def write_phantom_dataset(
+    out_dir: str | Path, n: int, config: PhantomConfig = PhantomConfig(), folds: int = 5, workers: int = 1
+) -> Path:
     """Write n phantoms: images/<image_id>.png, labels.csv and boxes.csv under out_dir; returns out_dir.
 
     dev_fold is assigned per patient (patient ordinal mod folds), so both images
-    of a follow-up pair fall in the same fold. Same config -> byte-identical files.
+    of a follow-up pair fall in the same fold. Same config -> byte-identical files,
+    whatever `workers` (processes; each renders a contiguous slice of indices).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -845,14 +889,17 @@ def write_phantom_dataset(out_dir: str | Path, n: int, config: PhantomConfig = P
         raise ValueError(f"folds must be >= 1, got {folds}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    label_rows, box_rows = [], []
-    for index in range(n):
-        phantom = generate_phantom(index, config)
-        file = f"images/{phantom.image_id}.png"
-        _png_bytes_path(phantom.image, out / file)
-        fold = patient_slot(index, config.followup_every).ordinal % folds
-        label_rows.append((phantom.image_id, file, phantom.patient_id, "|".join(phantom.labels), fold))
-        box_rows.extend((phantom.image_id, name, *box) for name, box in phantom.boxes)
+    chunk = max(1, math.ceil(n / max(1, workers * 4)))
+    slices = [range(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+    if workers > 1 and len(slices) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(_write_slice, *zip(*[(out, config, r, folds) for r in slices])))
+    else:
+        parts = [_write_slice(out, config, r, folds) for r in slices]
+    label_rows = [row for rows, _ in parts for row in rows]
+    box_rows = [row for _, rows in parts for row in rows]
     write_text_atomic(out / "labels.csv", _csv_text(LABEL_COLUMNS, label_rows))
     write_text_atomic(out / "boxes.csv", _csv_text(BOX_COLUMNS, box_rows))
     return out

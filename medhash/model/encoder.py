@@ -74,8 +74,7 @@ class HashEncoder:
         if self.engine == "fp16" and self.device.type != "cuda":
             raise ValueError("engine fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         self.model = model.eval().to(self.device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.use_channels_last(channels_last)
         self.model_id = model_id
         self.batch_size = batch_size
         self.extra = extra or {}

@@ -59,25 +59,30 @@ class AGHashNet(nn.Module):
         self.global_classifier = nn.Linear(width, n_classes)
         self.local_backbone = build_backbone(config.backbone)
         self.local_classifier = nn.Linear(width, n_classes)
+        # BatchNorm in the fused FC layer: pooled post-ReLU features share a large positive
+        # offset, and without normalization the hash bits start (and tend to stay) constant.
         self.fusion = nn.Sequential(
             nn.Linear(width * len(config.fusion_inputs), config.fusion_dim),
+            nn.BatchNorm1d(config.fusion_dim),
             nn.ReLU(inplace=True),
             nn.Dropout(config.dropout),
         )
         self.hash_layer = nn.Linear(config.fusion_dim, config.bits)
         self.hash_classifier = nn.Linear(config.bits, n_classes)
         self._no_finding = config.classes.index(NO_FINDING) if NO_FINDING in config.classes else None
+        self.channels_last = False
 
     # -- pieces -----------------------------------------------------------------------------------
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.config.mean) / self.config.std
 
+    def use_channels_last(self, enabled: bool = True) -> "AGHashNet":
+        """Switch weights and inputs to channels_last (pays with bf16/AMX on CPU and on CUDA)."""
+        self.channels_last = enabled
+        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
     def _to_layout(self, x: torch.Tensor) -> torch.Tensor:
-        # Follow the weights' memory format (channels_last pays with bf16/AMX and on CUDA).
-        conv_weight = next(self.global_backbone.parameters())
-        if conv_weight.is_contiguous(memory_format=torch.channels_last):
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def global_branch(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B,1,S,S] in [0,1] -> (feature maps, pooled features, logits)."""

@@ -68,12 +68,31 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return table[name]
 
 
-def config_digest(config: TrainConfig) -> str:
-    """What a stage's saved state must agree with to be resumed (paths and cosmetics excluded)."""
-    d = config.to_dict()
-    for key in ("out", "work_dir", "progress", "labels", "image_root"):
-        d.pop(key, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+# What each stage's result depends on, cumulatively: a stage's state file is named by the
+# digest of these fields (and of every earlier stage's), so changing the hash length or the
+# hash losses reuses the trained backbones, while changing anything upstream retrains.
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "global": ("model.backbone", "model.classes", "model.global_size", "model.mean", "model.std", "load_size",
+               "epochs_global", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
+               "class_weighting", "augment", "train_folds", "val_folds", "test_folds", "precision", "seed", "init"),
+    "local": ("model.local_size", "model.tau", "model.cam_top_k", "model.min_box_frac", "model.margin_frac", "epochs_local"),
+    "hash": ("model.bits", "model.fusion_dim", "model.fusion_inputs", "model.dropout", "losses", "epochs_hash",
+             "hash_batch_size", "lr_hash"),
+    "joint": ("epochs_joint", "lr_joint"),
+}
+STAGE_ORDER = tuple(STAGE_FIELDS)
+# Modules whose weights a finished stage fixes (and a later config may reuse).
+STAGE_MODULES = {"global": ("global_backbone.", "global_classifier."), "local": ("local_backbone.", "local_classifier.")}
+
+
+def stage_digests(config: TrainConfig) -> dict[str, str]:
+    flat = config.to_dict()
+    flat.update({f"model.{k}": v for k, v in flat.pop("model").items()})
+    digests, running = {}, hashlib.sha256()
+    for stage in STAGE_ORDER:
+        running.update(json.dumps({f: flat[f] for f in STAGE_FIELDS[stage]}, sort_keys=True, default=str).encode())
+        digests[stage] = running.hexdigest()[:12]
+    return digests
 
 
 # -- validation -------------------------------------------------------------------------------------
@@ -110,7 +129,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.amp_dtype = resolve_precision(config.precision, self.device)
         self.work_dir = Path(config.work_dir or f"{config.out}.stages")
-        self.digest = config_digest(config)
+        self.digests = stage_digests(config)
         self.seconds: dict[str, float] = {}
 
     # data ------------------------------------------------------------------------------------------
@@ -157,16 +176,21 @@ class Trainer:
                 torch.save(state, tmp)
         barrier(self.ctx)
 
-    def _load_state(self, path: Path, stage: str) -> dict[str, Any] | None:
-        if not path.exists():
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("digest") != self.digest:
-            raise ValueError(
-                f"{path}: stage '{stage}' state was made with a different training config; "
-                f"delete {self.work_dir} (or pass a new --work-dir) to start over"
-            )
-        return state
+    def _stage_path(self, stage: str) -> Path:
+        return self.work_dir / f"{stage}-{self.digests[stage]}.pt"
+
+    def _load_state(self, path: Path) -> dict[str, Any] | None:
+        return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+    @staticmethod
+    def _restore(model: AGHashNet, state_dict: dict[str, torch.Tensor], stage: str) -> None:
+        """Load a stage's weights: a backbone stage only restores the modules it (and earlier stages) fixed."""
+        prefixes = tuple(p for s in STAGE_ORDER[:STAGE_ORDER.index(stage) + 1] for p in STAGE_MODULES.get(s, ()))
+        if stage in STAGE_MODULES:
+            state_dict = {k: v for k, v in state_dict.items() if k.startswith(prefixes)}
+            model.load_state_dict(state_dict, strict=False)
+        else:
+            model.load_state_dict(state_dict)
 
     def run_stage(
         self,
@@ -180,10 +204,10 @@ class Trainer:
         validate: Callable[[], dict[str, float]],
     ) -> list[dict[str, float]]:
         cfg, name = self.config, step.name
-        path = self.work_dir / f"{name}.pt"
-        state = self._load_state(path, name)
+        path = self._stage_path(name)
+        state = self._load_state(path)
         if state is not None and state.get("done"):
-            model.load_state_dict(state["model"])
+            self._restore(model, state["model"], name)
             log.info("stage %s already done; skipped", name)
             return state["history"]
         for p in model.parameters():
@@ -198,7 +222,7 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         start, history = 0, []
         if state is not None:
-            model.load_state_dict(state["model"])
+            self._restore(model, state["model"], name)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start, history = state["epoch"], state["history"]
@@ -208,7 +232,11 @@ class Trainer:
             model.train()
             for module in step.frozen_eval():
                 module.eval()
-            gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + self.ctx.rank)
+            # Every random draw of an epoch (augmentation, dropout) is seeded by (seed, epoch, rank),
+            # so a resumed stage continues exactly as an uninterrupted one would.
+            epoch_seed = cfg.seed * 100003 + epoch * 101 + self.ctx.rank
+            torch.manual_seed(epoch_seed)
+            gen = torch.Generator().manual_seed(epoch_seed)
             batches = self._rank_batches(n_items, batch_size, epoch)
             bar = tqdm(batches, desc=f"{name} {epoch + 1}/{epochs}", disable=not (cfg.progress and self.ctx.is_main), leave=False)
             t0, seen, total, terms_sum = time.perf_counter(), 0, 0.0, {}
@@ -234,11 +262,11 @@ class Trainer:
             history.append(record)
             if self.ctx.is_main:
                 log.info("stage %s epoch %d: %s", name, epoch + 1, {k: round(v, 4) for k, v in record.items()})
-            self._save_state(path, {"stage": name, "epoch": epoch + 1, "done": epoch + 1 == epochs, "digest": self.digest,
+            self._save_state(path, {"stage": name, "epoch": epoch + 1, "done": epoch + 1 == epochs, "digest": self.digests[name],
                                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "scheduler": scheduler.state_dict(), "history": history})
         if epochs == 0:
-            self._save_state(path, {"stage": name, "epoch": epochs, "done": True, "digest": self.digest,
+            self._save_state(path, {"stage": name, "epoch": epochs, "done": True, "digest": self.digests[name],
                                     "model": model.state_dict(), "history": history})
         self.seconds[f"stage_{name}"] = time.perf_counter() - t_stage
         return history
@@ -256,6 +284,17 @@ class Trainer:
                 parts[k].append(feats[k].float().cpu())
         return {k: torch.cat(v) for k, v in parts.items()}
 
+    def cached_features(self, model: AGHashNet, train_set: ImageSet, val_set: ImageSet | None) -> dict[str, Any]:
+        """Pooled features of the frozen backbones, kept in the work dir: every hash variant
+        (bit length, losses, fusion inputs) trained on the same backbones reuses them."""
+        path = self.work_dir / f"features-{self.digests['local']}.pt"
+        if path.exists():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        feats = {"train": self.pooled_features(model, train_set),
+                 "val": self.pooled_features(model, val_set) if val_set is not None else None}
+        self._save_state(path, feats)
+        return feats
+
     # whole run -------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.config
@@ -263,8 +302,14 @@ class Trainer:
         t_all = time.perf_counter()
         train_set, val_set = self.load_data()
         model = AGHashNet(cfg.model).to(self.device)
+        if cfg.init:
+            from medhash.train.pretrain import apply_backbone_init  # lazy: pretrain imports this module
+
+            init_record = apply_backbone_init(model, cfg.init)
+        else:
+            init_record = {"source": "random"}
         if self.amp_dtype is not None:
-            model = model.to(memory_format=torch.channels_last)
+            model.use_channels_last(True)
         pos_weight = pos_weight_from_labels(train_set.targets).to(self.device) if cfg.class_weighting else None
         history: dict[str, list[dict[str, float]]] = {}
         dev = self.device
@@ -283,7 +328,8 @@ class Trainer:
                     return {}
                 feats = self.pooled_features(model, val_set)
                 clf = model.global_classifier if branch == "global" else model.local_classifier
-                scores = clf(feats[branch].to(dev)).float().cpu().numpy()
+                with torch.no_grad():
+                    scores = clf(feats[branch].to(dev)).float().cpu().numpy()
                 return {"val_auroc": macro_auroc(scores, val_set.targets.numpy())}
             return validate
 
@@ -293,8 +339,9 @@ class Trainer:
 
         # Hash head on frozen features: computed once, then many cheap epochs.
         t0 = time.perf_counter()
-        train_feats = {k: v.to(dev) for k, v in self.pooled_features(model, train_set).items()}
-        val_feats = {k: v.to(dev) for k, v in self.pooled_features(model, val_set).items()} if val_set is not None else None
+        cached = self.cached_features(model, train_set, val_set)
+        train_feats = {k: v.to(dev) for k, v in cached["train"].items()}
+        val_feats = {k: v.to(dev) for k, v in cached["val"].items()} if cached["val"] is not None else None
         self.seconds["cache_features"] = time.perf_counter() - t0
         train_y = train_set.targets.to(dev)
 
@@ -326,14 +373,14 @@ class Trainer:
         val_map = last[0].get("val_map") if last else None
         model_id = ""
         if self.ctx.is_main:
-            model_id = save_checkpoint(cfg.out, model.to(memory_format=torch.contiguous_format).cpu(), extra={
+            model_id = save_checkpoint(cfg.out, model.use_channels_last(False).cpu(), extra={
                 "train_config": cfg.to_dict(),
                 "history": history,
                 "val_map": val_map,
                 "seconds": self.seconds,
                 "world_size": self.ctx.world_size,
                 "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
-                "init": {"source": "random"},
+                "init": init_record,
                 "skipped_images": train_set.failures[:100],
             })
         barrier(self.ctx)

@@ -1,0 +1,236 @@
+"""Throughput of the encoding pipeline against the bare model, and the engines, on this machine.
+
+    .venv/bin/python benchmarks/encode_throughput.py [--n 1000] [--n-large 4000]
+
+Model: DenseNet-121 AGHashNet at 224 px, untrained (throughput does not depend on the weights);
+its hash layer is centred on a few images so that its bits vary and the bf16-vs-fp32 bit
+agreement is a real check. Images: the first N real radiographs of ../shared/data/nih-cxr14-dev
+(256-px PNGs) when present, else phantoms; the large run uses 224-px phantoms (each unique phantom
+hard-linked several times under new names, since decoding cost, not content, matters here).
+
+Measured, in one run:
+- bare: `HashEncoder.encode()` in this process on the preloaded decoded images (no decoding);
+- pipeline: `run_encode` with a LocalCluster of 1 and of 2 workers on the same N images (from
+  submitting the shards to the last result, so worker start-up and model loading are included,
+  cluster start is reported apart), and 2 workers on N_large images; peak RSS of each worker;
+- engines: images/s of fp32, fp32 + channels_last and bf16 + channels_last on the bare path, and
+  the fraction of code bits equal to fp32.
+Writes benchmarks/results/encode_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DEV = REPO.parent / "shared" / "data" / "nih-cxr14-dev" / "images"
+RESULT = REPO / "benchmarks" / "results" / "encode_throughput.json"
+
+
+def machine() -> dict:
+    import dask
+    import distributed
+    import pyarrow
+    import torch
+
+    from medhash.model.encoder import cpu_supports_bf16
+    from medhash.pipeline.cluster import available_cores
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    flags = Path("/proc/cpuinfo").read_text()
+    return {
+        "cpu": cpu, "cores": available_cores(), "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
+        "bf16_native": cpu_supports_bf16(), "python": platform.python_version(), "torch": torch.__version__,
+        "dask": dask.__version__, "distributed": distributed.__version__, "pyarrow": pyarrow.__version__,
+    }
+
+
+def build_model(path: Path, images: list[np.ndarray]) -> str:
+    import torch
+
+    from medhash.model import AGHashNet, ModelConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    model = AGHashNet(ModelConfig()).eval()  # densenet121, 64 bits, 224 px
+    with torch.no_grad():
+        fused = model(torch.stack([torch.from_numpy(im)[None] for im in images])).fused
+        model.hash_layer.bias.copy_(-(model.hash_layer.weight @ fused.mean(0)))
+    return save_checkpoint(path, model)
+
+
+def image_folder(work: Path, n: int) -> tuple[Path, str]:
+    """A folder of n images: real dev radiographs (symlinked) when available, else phantoms."""
+    folder = work / f"real-{n}"
+    files = sorted(SHARED_DEV.glob("*.png"))[:n] if SHARED_DEV.is_dir() else []
+    if len(files) < n:
+        return phantom_folder(work, n, unique=n), "phantoms 224 px"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (folder / f.name).symlink_to(f)
+    return folder, "nih-cxr14-dev 256 px PNG"
+
+
+def phantom_folder(work: Path, n: int, unique: int) -> Path:
+    from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
+
+    base = write_phantom_dataset(work / "phantoms", unique, PhantomConfig(size=224, seed=1)) / "images"
+    if unique == n:
+        return base
+    folder = work / f"phantoms-{n}"
+    folder.mkdir(exist_ok=True)
+    sources = sorted(base.glob("*.png"))
+    for i in range(n):
+        os.link(sources[i % len(sources)], folder / f"copy{i // len(sources)}_{sources[i % len(sources)].name}")
+    return folder
+
+
+def bare_throughput(model: Path, images, engine: str, threads: int) -> tuple[float, np.ndarray]:
+    import torch
+
+    from medhash.model import load_encoder
+
+    torch.set_num_threads(threads)
+    encoder = load_encoder(model, engine=engine, batch_size=32)
+    batch = torch.stack([torch.from_numpy(im)[None] for im in images])
+    encoder.encode(batch[:32])  # warm-up: oneDNN primitive creation
+    start = time.perf_counter()
+    codes = encoder.encode(batch).codes
+    return len(images) / (time.perf_counter() - start), codes
+
+
+def pipeline_row(model: Path, folder: Path, out: Path, workers: int, engine: str, shard_size: int) -> dict:
+    from medhash.pipeline import EncodeJobConfig, run_encode
+    from medhash.pipeline.output import read_stats
+
+    summary = run_encode(EncodeJobConfig(model=model, out=out, inputs=(str(folder),), workers=workers, engine=engine,
+                                         shard_size=shard_size, batch_size=32, progress=False, dashboard=False,
+                                         overwrite=True))
+    manifest = json.loads(summary.manifest.read_text())
+    stats = [read_stats(out / f"{s['name']}.stats.json") for s in manifest["shards"]]
+    by_pid: dict[int, list] = {}
+    for s in stats:
+        by_pid.setdefault(s.pid, []).append(s)
+    return {
+        "workers": workers,
+        "images": summary.inputs,
+        "encoded": summary.encoded,
+        "images_per_s": round(summary.images_per_s, 2),
+        "peak_rss_mb": max(s.peak_rss_mb for s in stats),
+        "peak_rss_mb_per_worker": {str(pid): max(s.peak_rss_mb for s in group) for pid, group in by_pid.items()},
+        "torch_threads": sorted({s.torch_threads for s in stats}),
+        "run_seconds": manifest["timing"]["run_seconds"],
+        "wall_seconds_with_cluster_start": manifest["timing"]["seconds"],
+        "stage_seconds_summed_over_shards": manifest["timing"]["stage_seconds_of_run_shards"],
+        "_stats": stats,
+    }
+
+
+def rss_growth(stats: list, shard_size: int, early_images: int) -> dict:
+    """Per worker: its peak RSS over its shards within the first `early_images` items vs over all of them."""
+    out = {}
+    for pid in sorted({s.pid for s in stats}):
+        mine = sorted((s for s in stats if s.pid == pid), key=lambda s: s.shard)
+        early = [s.peak_rss_mb for s in mine if (int(s.shard.split("-")[1]) + 1) * shard_size <= early_images]
+        out[str(pid)] = {"peak_rss_mb_within_first_images": max(early, default=None),
+                         "peak_rss_mb_at_end": max(s.peak_rss_mb for s in mine), "shards": len(mine)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--n-large", type=int, default=4000)
+    parser.add_argument("--unique-phantoms", type=int, default=500)
+    parser.add_argument("--engine-images", type=int, default=128)
+    parser.add_argument("--shard-size", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args()
+
+    from medhash.data.decode import read_image
+    from medhash.model.encoder import default_engine
+    from medhash.pipeline.cluster import available_cores
+
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    cores = available_cores()
+    engine = default_engine(__import__("torch").device("cpu"))
+    with tempfile.TemporaryDirectory(prefix="medhash-bench-") as tmp:
+        work = Path(tmp)
+        folder, source = image_folder(work, args.n)
+        files = sorted(folder.glob("*.png"))
+        images = [read_image(f) for f in files]
+        model = work / "densenet121.pt"
+        build_model(model, images[:64])
+        print(f"{len(images)} images ({source}); model built; engine {engine}", file=sys.stderr)
+
+        bare_ips, _ = bare_throughput(model, images, engine, cores)
+        print(f"bare {engine}: {bare_ips:.1f} img/s", file=sys.stderr)
+
+        subset = images[: args.engine_images]
+        engines, fp32_codes = {}, None
+        for name in ("fp32", "fp32-cl", "bf16"):
+            ips, codes = bare_throughput(model, subset, name, cores)
+            fp32_codes = codes if name == "fp32" else fp32_codes
+            equal = float((np.unpackbits(codes, axis=1) == np.unpackbits(fp32_codes, axis=1)).mean())
+            engines[name] = {"images_per_s": round(ips, 2), "fraction_bits_equal_to_fp32": round(equal, 5)}
+            print(f"engine {name}: {ips:.1f} img/s, bits equal to fp32 {equal:.4f}", file=sys.stderr)
+        bits_on = np.unpackbits(fp32_codes, axis=1).mean(0)
+        engines["_note"] = (f"bare encode() on {len(subset)} preloaded images, batch 32, {cores} torch threads; "
+                            f"fp32 bits are 1 in {bits_on.mean():.2f} of images on average "
+                            f"({int(((bits_on > 0) & (bits_on < 1)).sum())} of {bits_on.size} bits vary), so agreement is informative. "
+                            "mAP on the dev set needs a trained checkpoint and is left to the evaluation stage.")
+
+        rows, stats_large = [], None
+        for workers in (1, 2):
+            row = pipeline_row(model, folder, work / f"out-w{workers}", workers, engine, args.shard_size)
+            row.pop("_stats")
+            row["source"] = source
+            rows.append(row)
+            print(f"pipeline {workers} worker(s): {row['images_per_s']} img/s, peak RSS {row['peak_rss_mb']} MB", file=sys.stderr)
+        if args.n_large:
+            large = phantom_folder(work, args.n_large, min(args.unique_phantoms, args.n_large))
+            row = pipeline_row(model, large, work / "out-large", 2, engine, args.shard_size)
+            stats_large = row.pop("_stats")
+            row["source"] = f"phantoms 224 px ({min(args.unique_phantoms, args.n_large)} unique, hard-linked)"
+            rows.append(row)
+            print(f"pipeline 2 workers, {args.n_large} images: {row['images_per_s']} img/s, peak RSS {row['peak_rss_mb']} MB",
+                  file=sys.stderr)
+
+    best = max(r["images_per_s"] for r in rows if r["images"] == args.n)
+    load_end = os.getloadavg()
+    result = {
+        "benchmark": "encode_throughput",
+        "model": "AGHashNet densenet121 (global + local branch), 224 px, 64 bits, untrained",
+        "engine": engine,
+        "images": args.n,
+        "bare_images_per_s": round(bare_ips, 2),
+        "bare_note": f"HashEncoder.encode() in one process on {args.n} preloaded decoded images, batch 32, {cores} torch threads",
+        "rows": rows,
+        "pipeline_fraction_of_bare": round(best / bare_ips, 3),
+        "rss_growth_large_run": rss_growth(stats_large, args.shard_size, args.n) if stats_large else None,
+        "engines": engines,
+        "machine": machine(),
+        "load_note": (f"1-min load average {load_start[0]:.2f} at start and {load_end[0]:.2f} at end on {cores} cores; "
+                      "other processes shared the cores during this run, so absolute figures are low and noisy; "
+                      "the bare and pipeline figures come from the same run"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from medhash.atomic import write_text_atomic
+
+    write_text_atomic(args.out, json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("bare_images_per_s", "pipeline_fraction_of_bare", "load_note")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""`medhash query`: encode images with the model, search an index, print hits (table or JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+
+def _table(results) -> str:
+    lines = []
+    for result in results:
+        lines.append(f"== {result.image}" + (f"  (box {result.box})" if result.box else ""))
+        if result.error:
+            lines.append(f"   error: {result.error}")
+            continue
+        lines.append(f"   {'rank':>4}  {'distance':>8}  {'image id':<28} labels")
+        for hit in result.hits:
+            lines.append(f"   {hit.rank:>4}  {hit.distance:>8}  {hit.image_id:<28} {'|'.join(hit.labels) or '-'}")
+        if result.overlays:
+            lines.append(f"   overlays: {len(result.overlays)} PNG(s) in {Path(result.overlays[0]).parent}")
+    return "\n".join(lines)
+
+
+@click.command("query")
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--with-ties", is_flag=True, help="Also return every item at the k-th distance.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write PNGs of each query (saliency + box) and its hits (box).")
+@click.option("--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder that relative hit paths resolve against (for overlays).")
+@click.option("--mmap", is_flag=True, help="Memory-map the index where its kind allows.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists to visit (default: the index's).")
+@click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW candidate list (default: the index's).")
+def query_cmd(index_dir, model_path, images, k, with_ties, as_json, overlay_dir, image_root, mmap, device, nprobe,
+              ef_search) -> None:
+    """Find the archived cases closest to each IMAGE (Hamming distance of hash codes)."""
+    from medhash.index.query import query_images
+
+    results = query_images(index_dir, model_path, list(images), k, with_ties, overlay_dir, device=device, mmap=mmap,
+                           nprobe=nprobe, ef_search=ef_search, image_root=image_root)
+    click.echo(json.dumps([asdict(r) for r in results], indent=2) if as_json else _table(results))
+    failed = [r for r in results if r.error]
+    if failed:
+        click.echo(f"{len(failed)} of {len(results)} image(s) could not be queried", err=True)
+        sys.exit(1)
+
+
+commands = [query_cmd]

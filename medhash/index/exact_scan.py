@@ -1,0 +1,139 @@
+"""Exact Hamming top-k over flat binary codes, faster than one `IndexBinaryFlat.search` call.
+
+Two measured effects (1M random 64-bit codes, one query, k=100, one core):
+- `range_search(q, r)` scans 1M codes in ~0.52 ms where `search(q, 100)` takes ~0.72 ms (the
+  range loop keeps no heap). If a radius r returns at least k codes, those contain the exact
+  top-k and every code tied with the k-th (all have distance < r), so one range scan answers a
+  query exactly, ties included. r is estimated from a 16k-code sample of the index (~15 us) so
+  that about 4k codes fall inside it; if fewer than k do, r grows and the scan is repeated (rare).
+- The codes are split into one shard per search thread and the shards are scanned at the same
+  time (`ScanPool`), so one query uses both cores of the dev machine.
+Batches parallelise over queries instead (each thread scans every shard for its query slice).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from medhash.index.neighbors import Neighbors, select
+from medhash.index.threads import ThreadPolicy, omp_threads, shared_pool
+
+SAMPLE_ROWS = 16_384
+RANGE_OVERSAMPLE = 4  # aim the radius at ~4k expected hits: few retries, few extra results
+
+
+def flat_codes_buffer(flat, rows: int) -> np.ndarray:
+    """Zero-copy uint8 [rows, code_size] view of an IndexBinaryFlat's code buffer (valid while it lives)."""
+    import faiss
+
+    cs = flat.code_size
+    if rows == 0:
+        return np.empty((0, cs), dtype=np.uint8)
+    return faiss.rev_swig_ptr(flat.xb.data(), rows * cs).reshape(rows, cs)
+
+
+def flat_codes(flat) -> np.ndarray:
+    """The index's ntotal codes, zero-copy."""
+    return flat_codes_buffer(flat, flat.ntotal)
+
+
+def _flat_of(codes: np.ndarray, bits: int):
+    import faiss
+
+    index = faiss.IndexBinaryFlat(bits)
+    if len(codes):
+        index.add(np.ascontiguousarray(codes))
+    return index
+
+
+class ExactScan:
+    """Exact search over an IndexBinaryFlat (or any storage that is one).
+
+    split=True copies the codes into per-thread shards (the caller should then drop its own
+    reference to `flat` to keep one copy in memory); split=False searches `flat` in place, which
+    keeps an mmap-loaded index mapped instead of copying it into RAM.
+    """
+
+    def __init__(self, flat, policy: ThreadPolicy, *, split: bool = True, sample_rows: int = SAMPLE_ROWS):
+        self.bits = flat.d
+        self.ntotal = flat.ntotal
+        self.policy = policy
+        codes = flat_codes(flat)
+        nshards = min(policy.search_threads, self.ntotal // max(1, policy.min_rows_per_thread)) if split else 1
+        if nshards > 1:
+            edges = np.linspace(0, self.ntotal, nshards + 1).astype(np.int64)
+            self.shards = [_flat_of(codes[lo:hi], self.bits) for lo, hi in zip(edges[:-1], edges[1:])]
+            self.offsets = [int(lo) for lo in edges[:-1]]
+        else:
+            self.shards, self.offsets = [flat], [0]
+        sample_step = self.ntotal // sample_rows
+        # Only worth it when the sample is much smaller than the index.
+        self.sample = _flat_of(codes[::sample_step][:sample_rows], self.bits) if sample_step >= RANGE_OVERSAMPLE else None
+        self.pool = shared_pool(policy.search_threads) if policy.search_threads > 1 else None
+
+    # -- shard fan-out -------------------------------------------------------------------------
+    def _over_shards(self, fn, parallel: bool) -> list:
+        tasks = [lambda s=s, o=o: fn(s, o) for s, o in zip(self.shards, self.offsets)]
+        return self.pool.run(tasks) if parallel and self.pool is not None else [t() for t in tasks]
+
+    def _range(self, q: np.ndarray, radius: int, parallel: bool) -> tuple[np.ndarray, np.ndarray]:
+        def one(shard, offset):
+            lims, D, I = shard.range_search(q, int(radius))
+            return D, I + offset
+
+        parts = self._over_shards(one, parallel)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _knn(self, queries: np.ndarray, k: int, parallel: bool) -> tuple[np.ndarray, np.ndarray]:
+        def one(shard, offset):
+            D, I = shard.search(queries, min(k, shard.ntotal))
+            return D, np.where(I >= 0, I + offset, -1)
+
+        parts = [p for p in self._over_shards(one, parallel) if p[0].shape[1]]
+        if not parts:
+            return np.empty((len(queries), 0), np.int32), np.empty((len(queries), 0), np.int64)
+        return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
+
+    # -- one query -------------------------------------------------------------------------------
+    def _radius_guess(self, q: np.ndarray, k: int) -> int | None:
+        if self.sample is None:
+            return None
+        m = self.sample.ntotal
+        kk = math.ceil(RANGE_OVERSAMPLE * k * m / self.ntotal)
+        if kk >= m:
+            return None
+        D, _ = self.sample.search(q, kk)
+        return int(D[0, -1]) + 1
+
+    def query(self, q: np.ndarray, k: int, with_ties: bool, parallel: bool = True) -> Neighbors:
+        q = q.reshape(1, -1)
+        if k >= self.ntotal:
+            return select(*self._range(q, self.bits + 1, parallel), k, with_ties)
+        radius = self._radius_guess(q, k)
+        if radius is None:
+            D, I = self._knn(q, k + 1 if with_ties else k, parallel)
+            d, lab = select(D, I, k + 1, False)
+            if with_ties and len(d) > k and d[k] == d[k - 1]:
+                # More codes may share the k-th distance than were fetched: collect all of them.
+                return select(*self._range(q, int(d[k - 1]) + 1, parallel), k, True)
+            return select(d, lab, k, with_ties)
+        while True:
+            D, I = self._range(q, radius, parallel)
+            if len(D) >= k or radius > self.bits:
+                return select(D, I, k, with_ties)
+            radius += max(1, radius // 4)
+
+    # -- many queries ----------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, with_ties: bool = False) -> list[Neighbors]:
+        queries = np.ascontiguousarray(queries, dtype=np.uint8)
+        with omp_threads(self.policy.omp_threads):
+            if len(queries) == 1:
+                return [self.query(queries[0], k, with_ties)]
+            threads = self.policy.search_threads
+            step = max(1, math.ceil(len(queries) / (4 * threads)))
+            slices = [queries[i:i + step] for i in range(0, len(queries), step)]
+            tasks = [lambda s=s: [self.query(q, k, with_ties, parallel=False) for q in s] for s in slices]
+            runs = self.pool.run(tasks) if self.pool is not None else [t() for t in tasks]
+            return [hit for run in runs for hit in run]

@@ -1,0 +1,155 @@
+"""HammingIndex: open an index folder (manifest and checksums verified) and answer top-k queries."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medhash.errors import IndexManifestError
+from medhash.index.idmap import IdRecord, read_column, records_at
+from medhash.index.kinds import get_kind
+from medhash.index.maintain import UpdateReport, add_codes, remove_images
+from medhash.index.neighbors import SearchParams
+from medhash.index.store import IDS_FILE, INDEX_FILE, IndexManifest, load_manifest, read_faiss
+from medhash.index.threads import DEFAULT_POLICY, ThreadPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hits:
+    """One query's neighbours, nearest first (ties in ids.parquet row order)."""
+
+    image_ids: list[str]
+    distances: np.ndarray  # int32 Hamming distances
+    rows: np.ndarray  # int64 rows of ids.parquet
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Per-query lists (lengths differ with ties, or when the index holds fewer than k items)."""
+
+    image_ids: list[list[str]]
+    distances: list[np.ndarray]
+    rows: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Hits:
+        return Hits(self.image_ids[i], self.distances[i], self.rows[i])
+
+    def __iter__(self) -> Iterator[Hits]:
+        return (self[i] for i in range(len(self)))
+
+
+class HammingIndex:
+    """A searchable index folder.
+
+    mmap=True maps the index file instead of reading it (flat, ivf); other kinds are read into RAM.
+    gpu=True searches a flat index on the GPU (GpuUnavailableError says why it cannot).
+    """
+
+    def __init__(self, index_dir: str | Path, *, mmap: bool = False, verify: bool = True,
+                 policy: ThreadPolicy = DEFAULT_POLICY, gpu: bool = False):
+        self.index_dir = Path(index_dir)
+        self.mmap, self.verify, self.policy, self.gpu = mmap, verify, policy, gpu
+        self._load()
+
+    def _load(self) -> None:
+        manifest = load_manifest(self.index_dir, verify=self.verify)
+        kind = get_kind(manifest.kind)
+        flags = kind.mmap_flags() if self.mmap else 0
+        if self.mmap and flags is None:
+            log.info("%s: kind %s cannot be memory-mapped; reading it into RAM", self.index_dir, kind.name)
+        self.mapped = bool(flags)
+        index = read_faiss(self.index_dir / INDEX_FILE, flags or 0)
+        if index.ntotal != manifest.count or index.d != manifest.bits:
+            raise IndexManifestError(self.index_dir, f"index.faiss has {index.ntotal} codes of {index.d} bits, "
+                                     f"manifest says {manifest.count} of {manifest.bits}")
+        if self.gpu:
+            if kind.name != "flat":
+                raise ValueError(f"GPU search is implemented for flat indexes, this one is {kind.name}")
+            from medhash.index.gpu import GpuFlatSearch
+
+            self._searcher = GpuFlatSearch(index, kind.searcher(index, manifest.params, self.policy, True))
+        else:
+            self._searcher = kind.searcher(index, manifest.params, self.policy, self.mapped)
+        ids_path = self.index_dir / IDS_FILE
+        self._image_ids = read_column(ids_path, "image_id")
+        self._labels = None if kind.dense_labels else read_column(ids_path, "label").to_numpy()
+        if len(self._image_ids) != manifest.count:
+            raise IndexManifestError(ids_path, f"{len(self._image_ids)} rows, manifest says {manifest.count}")
+        self._table: pa.Table | None = None
+        self.manifest: IndexManifest = manifest
+
+    # -- facts ------------------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    @property
+    def bits(self) -> int:
+        return self.manifest.bits
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    # -- search -----------------------------------------------------------------------------------
+    def search(self, codes: np.ndarray, k: int = 10, *, with_ties: bool = False, nprobe: int | None = None,
+               ef_search: int | None = None) -> SearchResult:
+        """Top-k by Hamming distance for each code (uint8 [B, bits/8] or one code [bits/8]).
+
+        with_ties returns every item at the k-th distance too. nprobe (ivf) and ef_search (hnsw)
+        override the index's defaults for this call.
+        """
+        codes = np.asarray(codes, dtype=np.uint8)
+        if codes.ndim == 1:
+            codes = codes[None, :]
+        if codes.ndim != 2 or codes.shape[1] * 8 != self.bits:
+            raise IndexManifestError(self.index_dir, f"query codes of shape {codes.shape} are not "
+                                     f"{self.bits}-bit codes (expected [B, {self.bits // 8}] uint8)")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if len(codes) == 0 or len(self) == 0:
+            empty = [np.empty(0, np.int64) for _ in codes]
+            return SearchResult([[] for _ in codes], [np.empty(0, np.int32) for _ in codes], empty)
+        hits = self._searcher.search(codes, k, with_ties, SearchParams(nprobe=nprobe, ef_search=ef_search))
+        rows = [self._rows_of(labels) for _, labels in hits]
+        ids = [self._image_ids.take(pa.array(r)).to_pylist() if len(r) else [] for r in rows]
+        return SearchResult(ids, [d for d, _ in hits], rows)
+
+    def _rows_of(self, labels: np.ndarray) -> np.ndarray:
+        if self._labels is None:
+            return labels
+        rows = np.searchsorted(self._labels, labels)
+        if len(rows) and (rows.max() >= len(self._labels) or not np.array_equal(self._labels[rows], labels)):
+            raise IndexManifestError(self.index_dir, "FAISS returned labels missing from ids.parquet")
+        return rows
+
+    def records(self, rows: np.ndarray) -> list[IdRecord]:
+        """image_id, path, labels and box of the given rows (ids.parquet is read on first use)."""
+        if self._table is None:
+            self._table = pq.read_table(self.index_dir / IDS_FILE)
+        return records_at(self._table, rows)
+
+    # -- maintenance (writes the folder, then reloads) --------------------------------------------
+    def add(self, codes_dir: str | Path, *, replace: bool = False) -> UpdateReport:
+        report = add_codes(self.index_dir, codes_dir, replace=replace)
+        self._load()
+        return report
+
+    def remove(self, image_ids: list[str]) -> UpdateReport:
+        report = remove_images(self.index_dir, image_ids)
+        self._load()
+        return report

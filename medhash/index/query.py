@@ -1,0 +1,114 @@
+"""query_images: encode images with the model, search the index, optionally draw overlays.
+
+Uses only the model contract (load_encoder -> encoder.model_id, .bits, .encode_images -> codes,
+boxes, saliency) and refuses a model whose model_id differs from the index's: codes of another
+model live in another Hamming space, and their distances would be meaningless.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from medhash.errors import ImageDecodeError, IndexManifestError
+from medhash.index.hamming_index import HammingIndex
+from medhash.index.idmap import IdRecord
+from medhash.index.overlay import render_overlay, safe_name, save_png
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueryHit:
+    rank: int  # 1-based
+    image_id: str
+    distance: int
+    labels: tuple[str, ...]
+    path: str
+    box: tuple[int, int, int, int] | None
+    row: int
+
+
+@dataclass
+class QueryResult:
+    image: str  # the query image as given
+    box: tuple[int, int, int, int] | None = None  # the encoder's crop box, in the query's pixels
+    code_hex: str | None = None
+    hits: list[QueryHit] = field(default_factory=list)
+    overlays: list[str] = field(default_factory=list)  # written PNG paths
+    error: str | None = None  # set when this image could not be decoded; the others still run
+
+
+def check_model(index: HammingIndex, encoder) -> None:
+    if encoder.model_id != index.model_id or encoder.bits != index.bits:
+        raise IndexManifestError(index.index_dir, f"model {encoder.model_id!r} ({encoder.bits} bits) is not the model "
+                                 f"this index was built with: {index.model_id!r} ({index.bits} bits)")
+
+
+def query_images(index_dir: str | Path, model_path: str | Path | None, image_paths: Sequence[str | Path],
+                 k: int = 10, with_ties: bool = False, overlay_dir: str | Path | None = None, *,
+                 device: str = "cpu", mmap: bool = False, nprobe: int | None = None, ef_search: int | None = None,
+                 image_root: str | Path | None = None, index: HammingIndex | None = None,
+                 encoder=None) -> list[QueryResult]:
+    """One QueryResult per image, in order. An open `index` / loaded `encoder` may be passed to reuse them;
+    `image_root` resolves relative hit paths of ids.parquet for overlays."""
+    from medhash.data import read_image
+
+    index = index or HammingIndex(index_dir, mmap=mmap)
+    if encoder is None:
+        from medhash.model import load_encoder
+
+        encoder = load_encoder(model_path, device=device)
+    check_model(index, encoder)
+
+    results = [QueryResult(image=str(p)) for p in image_paths]
+    decoded: list[tuple[int, np.ndarray]] = []
+    for i, path in enumerate(image_paths):
+        try:
+            decoded.append((i, read_image(path)))
+        except (ImageDecodeError, OSError) as exc:
+            results[i].error = str(exc)
+            log.warning("query image skipped: %s", exc)
+    if not decoded:
+        return results
+    encoded = encoder.encode_images([img for _, img in decoded])
+    found = index.search(encoded.codes, k, with_ties=with_ties, nprobe=nprobe, ef_search=ef_search)
+    for j, (i, image) in enumerate(decoded):
+        result = results[i]
+        result.box = tuple(int(v) for v in encoded.boxes[j])
+        result.code_hex = encoded.codes[j].tobytes().hex()
+        records = index.records(found[j].rows)
+        result.hits = [QueryHit(rank, rec.image_id, int(dist), rec.labels, rec.path, rec.box, rec.row)
+                       for rank, (rec, dist) in enumerate(zip(records, found[j].distances), start=1)]
+        if overlay_dir is not None:
+            result.overlays = _write_overlays(Path(overlay_dir), j, result, image, encoded.saliency[j], records,
+                                              image_root)
+    return results
+
+
+def _write_overlays(out: Path, number: int, result: QueryResult, image: np.ndarray, saliency: np.ndarray,
+                    records: list[IdRecord], image_root: str | Path | None) -> list[str]:
+    from medhash.data import read_image
+
+    stem = f"q{number:02d}-{safe_name(Path(result.image).stem)}"
+    written = [str(save_png(render_overlay(image, result.box, saliency), out / f"{stem}-query.png"))]
+    for hit, rec in zip(result.hits, records):
+        path = Path(rec.path)
+        if not path.is_absolute() and image_root is not None:
+            path = Path(image_root) / path
+        if not path.exists():
+            log.info("overlay of hit %s skipped: image %s not found", rec.image_id, path)
+            continue
+        try:
+            hit_image = read_image(path)
+        except ImageDecodeError as exc:
+            log.warning("overlay of hit %s skipped: %s", rec.image_id, exc)
+            continue
+        # Hits store no saliency (only their box), so only the box is drawn on them.
+        name = out / f"{stem}-hit{hit.rank:03d}-{safe_name(rec.image_id)}.png"
+        written.append(str(save_png(render_overlay(hit_image, rec.box), name)))
+    return written
