@@ -68,12 +68,13 @@ def build_model(path: Path, images: list[np.ndarray]) -> str:
     return save_checkpoint(path, model)
 
 
-def image_folder(work: Path, n: int) -> tuple[Path, str]:
+def image_folder(work: Path, n: int, unique_phantoms: int) -> tuple[Path, str]:
     """A folder of n images: real dev radiographs (symlinked) when available, else phantoms."""
     folder = work / f"real-{n}"
     files = sorted(SHARED_DEV.glob("*.png"))[:n] if SHARED_DEV.is_dir() else []
     if len(files) < n:
-        return phantom_folder(work, n, unique=n), "phantoms 224 px"
+        unique = min(unique_phantoms, n)
+        return phantom_folder(work, n, unique), f"phantoms 224 px ({unique} unique, hard-linked)"
     folder.mkdir(parents=True, exist_ok=True)
     for f in files:
         (folder / f.name).symlink_to(f)
@@ -83,7 +84,9 @@ def image_folder(work: Path, n: int) -> tuple[Path, str]:
 def phantom_folder(work: Path, n: int, unique: int) -> Path:
     from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
 
-    base = write_phantom_dataset(work / "phantoms", unique, PhantomConfig(size=224, seed=1)) / "images"
+    base = work / "phantoms" / "images"
+    if len(list(base.glob("*.png"))) < unique:
+        write_phantom_dataset(work / "phantoms", unique, PhantomConfig(size=224, seed=1))
     if unique == n:
         return base
     folder = work / f"phantoms-{n}"
@@ -151,11 +154,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--n-large", type=int, default=4000)
     parser.add_argument("--unique-phantoms", type=int, default=500)
-    parser.add_argument("--engine-images", type=int, default=128)
+    parser.add_argument("--engine-images", type=int, default=64)
+    parser.add_argument("--engine-threads", type=int, default=1, help="torch threads for the engine comparison")
+    parser.add_argument("--bare-images", type=int, default=128, help="images for the bare rate (0: all --n)")
     parser.add_argument("--shard-size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
 
+    from medhash.atomic import write_text_atomic
     from medhash.data.decode import read_image
     from medhash.model.encoder import default_engine
     from medhash.pipeline.cluster import available_cores
@@ -164,72 +170,86 @@ def main() -> None:
     started = time.perf_counter()
     cores = available_cores()
     engine = default_engine(__import__("torch").device("cpu"))
-    with tempfile.TemporaryDirectory(prefix="medhash-bench-") as tmp:
-        work = Path(tmp)
-        folder, source = image_folder(work, args.n)
-        files = sorted(folder.glob("*.png"))
-        images = [read_image(f) for f in files]
-        model = work / "densenet121.pt"
-        build_model(model, images[:64])
-        print(f"{len(images)} images ({source}); model built; engine {engine}", file=sys.stderr)
-
-        bare_ips, _ = bare_throughput(model, images, engine, cores)
-        print(f"bare {engine}: {bare_ips:.1f} img/s", file=sys.stderr)
-
-        subset = images[: args.engine_images]
-        engines, fp32_codes = {}, None
-        for name in ("fp32", "fp32-cl", "bf16"):
-            ips, codes = bare_throughput(model, subset, name, cores)
-            fp32_codes = codes if name == "fp32" else fp32_codes
-            equal = float((np.unpackbits(codes, axis=1) == np.unpackbits(fp32_codes, axis=1)).mean())
-            engines[name] = {"images_per_s": round(ips, 2), "fraction_bits_equal_to_fp32": round(equal, 5)}
-            print(f"engine {name}: {ips:.1f} img/s, bits equal to fp32 {equal:.4f}", file=sys.stderr)
-        bits_on = np.unpackbits(fp32_codes, axis=1).mean(0)
-        engines["_note"] = (f"bare encode() on {len(subset)} preloaded images, batch 32, {cores} torch threads; "
-                            f"fp32 bits are 1 in {bits_on.mean():.2f} of images on average "
-                            f"({int(((bits_on > 0) & (bits_on < 1)).sum())} of {bits_on.size} bits vary), so agreement is informative. "
-                            "mAP on the dev set needs a trained checkpoint and is left to the evaluation stage.")
-
-        rows, stats_large = [], None
-        for workers in (1, 2):
-            row = pipeline_row(model, folder, work / f"out-w{workers}", workers, engine, args.shard_size)
-            row.pop("_stats")
-            row["source"] = source
-            rows.append(row)
-            print(f"pipeline {workers} worker(s): {row['images_per_s']} img/s, peak RSS {row['peak_rss_mb']} MB", file=sys.stderr)
-        if args.n_large:
-            large = phantom_folder(work, args.n_large, min(args.unique_phantoms, args.n_large))
-            row = pipeline_row(model, large, work / "out-large", 2, engine, args.shard_size)
-            stats_large = row.pop("_stats")
-            row["source"] = f"phantoms 224 px ({min(args.unique_phantoms, args.n_large)} unique, hard-linked)"
-            rows.append(row)
-            print(f"pipeline 2 workers, {args.n_large} images: {row['images_per_s']} img/s, peak RSS {row['peak_rss_mb']} MB",
-                  file=sys.stderr)
-
-    best = max(r["images_per_s"] for r in rows if r["images"] == args.n)
-    load_end = os.getloadavg()
     result = {
         "benchmark": "encode_throughput",
         "model": "AGHashNet densenet121 (global + local branch), 224 px, 64 bits, untrained",
         "engine": engine,
         "images": args.n,
-        "bare_images_per_s": round(bare_ips, 2),
-        "bare_note": f"HashEncoder.encode() in one process on {args.n} preloaded decoded images, batch 32, {cores} torch threads",
-        "rows": rows,
-        "pipeline_fraction_of_bare": round(best / bare_ips, 3),
-        "rss_growth_large_run": rss_growth(stats_large, args.shard_size, args.n) if stats_large else None,
-        "engines": engines,
         "machine": machine(),
-        "load_note": (f"1-min load average {load_start[0]:.2f} at start and {load_end[0]:.2f} at end on {cores} cores; "
-                      "other processes shared the cores during this run, so absolute figures are low and noisy; "
-                      "the bare and pipeline figures come from the same run"),
-        "seconds": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    from medhash.atomic import write_text_atomic
 
-    write_text_atomic(args.out, json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("bare_images_per_s", "pipeline_fraction_of_bare", "load_note")}, indent=1))
+    def save(stage: str) -> None:
+        """Written after every stage, so a run cut short still leaves what it measured."""
+        load_now = os.getloadavg()
+        result["completed_stages"] = result.get("completed_stages", []) + [stage]
+        result["load_note"] = (f"1-min load average {load_start[0]:.2f} at start and {load_now[0]:.2f} at the end "
+                               f"(after stage {stage!r}) on {cores} cores; where it exceeds the core count other processes "
+                               "shared the cores, so absolute figures are low and noisy; the bare and pipeline figures "
+                               "come from the same run")
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out, json.dumps(result, indent=1))
+
+    with tempfile.TemporaryDirectory(prefix="medhash-bench-") as tmp:
+        work = Path(tmp)
+        folder, source = image_folder(work, args.n, args.unique_phantoms)
+        images = [read_image(f) for f in sorted(folder.glob("*.png"))]
+        model = work / "densenet121.pt"
+        build_model(model, images[:64])
+        print(f"{len(images)} images ({source}); model built; engine {engine}", file=sys.stderr)
+
+        bare_set = images[: args.bare_images] if args.bare_images else images
+        bare_by_threads = {}
+        for threads in sorted({cores, 1}, reverse=True):
+            bare_by_threads[threads], _ = bare_throughput(model, bare_set, engine, threads)
+            print(f"bare {engine}, {threads} torch threads: {bare_by_threads[threads]:.2f} img/s", file=sys.stderr)
+        bare_ips = bare_by_threads[cores]
+        result.update({
+            "bare_images_per_s": round(bare_ips, 2),
+            "bare_images_per_s_by_torch_threads": {str(k): round(v, 2) for k, v in bare_by_threads.items()},
+            "bare_note": (f"HashEncoder.encode() in one process on {len(bare_set)} of the same images ({source}), "
+                          f"preloaded and decoded, batch 32; bare_images_per_s uses all {cores} cores as torch threads"),
+        })
+        save("bare")
+
+        subset = images[: args.engine_images]
+        engines, fp32_codes = {}, None
+        for name in ("fp32", "fp32-cl", "bf16"):
+            ips, codes = bare_throughput(model, subset, name, args.engine_threads)
+            fp32_codes = codes if name == "fp32" else fp32_codes
+            equal = float((np.unpackbits(codes, axis=1) == np.unpackbits(fp32_codes, axis=1)).mean())
+            engines[name] = {"images_per_s": round(ips, 2), "fraction_bits_equal_to_fp32": round(equal, 5)}
+            print(f"engine {name}: {ips:.1f} img/s, bits equal to fp32 {equal:.4f}", file=sys.stderr)
+        bits_on = np.unpackbits(fp32_codes, axis=1).mean(0)
+        engines["_note"] = (f"bare encode() on {len(subset)} preloaded images, batch 32, {args.engine_threads} torch thread(s); "
+                            f"fp32 bits are 1 in {bits_on.mean():.2f} of images on average "
+                            f"({int(((bits_on > 0) & (bits_on < 1)).sum())} of {bits_on.size} bits vary), so agreement is informative. "
+                            "mAP on the dev set needs a trained checkpoint and is left to the evaluation stage.")
+        result["engines"] = engines
+        save("engines")
+
+        result["rows"] = rows = []
+        for workers in (1, 2):
+            row = pipeline_row(model, folder, work / f"out-w{workers}", workers, engine, args.shard_size)
+            row.pop("_stats")
+            row["source"] = source
+            rows.append(row)
+            best = max(r["images_per_s"] for r in rows)
+            result["pipeline_fraction_of_bare"] = round(best / bare_ips, 3)
+            result["pipeline_fraction_of_best_bare"] = round(best / max(bare_by_threads.values()), 3)
+            print(f"pipeline {workers} worker(s): {row['images_per_s']} img/s, peak RSS {row['peak_rss_mb']} MB", file=sys.stderr)
+            save(f"pipeline {workers} worker(s)")
+        if args.n_large:
+            unique = min(args.unique_phantoms, args.n_large)
+            large = phantom_folder(work, args.n_large, unique)
+            row = pipeline_row(model, large, work / "out-large", 2, engine, args.shard_size)
+            result["rss_growth_large_run"] = rss_growth(row.pop("_stats"), args.shard_size, args.n)
+            row["source"] = f"phantoms 224 px ({unique} unique, hard-linked)"
+            rows.append(row)
+            print(f"pipeline 2 workers, {args.n_large} images: {row['images_per_s']} img/s, peak RSS {row['peak_rss_mb']} MB",
+                  file=sys.stderr)
+            save("large run")
+    print(json.dumps({k: result.get(k) for k in ("bare_images_per_s", "pipeline_fraction_of_bare", "load_note")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -6,54 +6,47 @@
 1. C2L pretraining of the backbone on every image of nih-cxr14-dev (its labels are not read).
    Full mode (a GPU): DenseNet-121 at 224 px, batch 128; the epoch count fills --pretrain-budget-s,
    measured from a 2-epoch calibration run (images/s), between 10 and 200 epochs.
-2. The same hashing-model training twice, folds 0-3, 64 bits, equal budgets: once with both
-   branches initialized from the C2L backbone, once from random weights.
+2. The training of benchmarks/train_nih.py (its `base_config`, 64 bits, folds 0-3) twice, with
+   equal budgets: both branches initialized from the C2L backbone, and from random weights.
 3. Tie-aware retrieval mAP of each with fold 4 as queries and folds 0-3 as the database
    (medhash.eval.evaluate.evaluate_model).
 Writes map_c2l_init, map_random_init, the pretraining loss curve, wall times, machine and versions.
-Without CUDA (or with --quick) it runs the quick sizes: a tiny backbone at 64 px, 2 pretraining
-epochs, whose numbers say nothing about C2L (it checks that the pipeline runs end to end).
+Without CUDA (or with --quick) it runs the quick sizes: a tiny backbone at 64 px, 1 pretraining
+epoch and train_nih's quick profile, whose numbers say nothing about C2L (it checks that the
+pipeline runs end to end).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA_ROOT, REPO, machine_info, write_result  # noqa: E402
+from train_nih import PROFILES, base_config  # noqa: E402
 
 
 @dataclass(frozen=True)
-class Sizes:
+class PretrainSizes:
     backbone: str
-    size: int  # pretraining views and both branches of the hashing model
+    size: int  # view side
     load_size: int
-    pretrain_batch: int
-    pretrain_epochs: int | None  # None: fill the time budget
+    batch_size: int
+    epochs: int | None  # None: fill the time budget
     bn_splits: int
-    epochs_global: int
-    epochs_local: int
-    epochs_hash: int
-    train_batch: int
 
 
-MODES = {
-    "full": Sizes("densenet121", 224, 256, pretrain_batch=128, pretrain_epochs=None, bn_splits=4,
-                  epochs_global=8, epochs_local=8, epochs_hash=60, train_batch=32),
-    "quick": Sizes("tiny", 64, 64, pretrain_batch=64, pretrain_epochs=2, bn_splits=4,
-                   epochs_global=1, epochs_local=1, epochs_hash=10, train_batch=32),
+MODES = {  # mode -> (pretraining sizes, train_nih profile of the hashing-model training)
+    "full": (PretrainSizes("densenet121", 224, 256, batch_size=128, epochs=None, bn_splits=4), "gpu"),
+    "quick": (PretrainSizes("tiny", 64, 64, batch_size=64, epochs=1, bn_splits=4), "quick"),
 }
 BITS = 64
-TRAIN_FOLDS = (0, 1, 2, 3)
 QUERY_FOLDS = (4,)
 EPOCH_LIMITS = (10, 200)
 
@@ -62,54 +55,20 @@ def say(text: str) -> None:
     print(f"[pretrain_c2l {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def machine() -> dict:
-    import numpy
-    import torch
-    import torchvision
-
-    from medhash import __version__
-
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "machine": {"cpu": cpu, "cores": len(__import__("os").sched_getaffinity(0)), "gpu": gpu,
-                    "cuda": torch.version.cuda if gpu else None, "platform": platform.platform()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "numpy": numpy.__version__, "medhash": __version__},
-    }
-
-
-def pretrain_config(labels: Path, out: Path, sizes: Sizes, epochs: int, device: str, state: Path):
+def pretrain_config(labels: Path, out: Path, sizes: PretrainSizes, epochs: int, device: str, progress: bool):
     from medhash.model.c2l import C2LConfig
     from medhash.train.pretrain import PretrainConfig
 
     return PretrainConfig(images=str(labels), out=str(out), backbone=sizes.backbone, size=sizes.size,
-                          load_size=sizes.load_size, epochs=epochs, batch_size=sizes.pretrain_batch,
-                          c2l=C2LConfig(bn_splits=sizes.bn_splits), device=device, state=str(state))
+                          load_size=sizes.load_size, epochs=epochs, batch_size=sizes.batch_size,
+                          c2l=C2LConfig(bn_splits=sizes.bn_splits), device=device, progress=progress)
 
 
-def train_config(labels: Path, out: Path, sizes: Sizes, device: str, init: Path | None, work: Path):
-    """The hashing-model training of both arms: identical except `init`."""
-    from medhash.model.config import ModelConfig
-    from medhash.train import TrainConfig
-
-    model = ModelConfig(backbone=sizes.backbone, bits=BITS, global_size=sizes.size, local_size=sizes.size)
-    return TrainConfig(labels=str(labels), out=str(out), model=model, load_size=sizes.load_size,
-                       epochs_global=sizes.epochs_global, epochs_local=sizes.epochs_local, epochs_hash=sizes.epochs_hash,
-                       batch_size=sizes.train_batch, train_folds=TRAIN_FOLDS, val_folds=(), device=device,
-                       init=str(init) if init else None, work_dir=str(work))
-
-
-def calibrated_epochs(labels: Path, work: Path, sizes: Sizes, device: str, budget_s: float) -> tuple[int, dict]:
+def calibrated_epochs(labels: Path, work: Path, sizes: PretrainSizes, device: str, budget_s: float) -> tuple[int, dict]:
     """Epochs that fill `budget_s`, from the steady images/s of a 2-epoch run (its first epoch warms up)."""
     from medhash.train.pretrain import pretrain
 
-    cfg = pretrain_config(labels, work / "calibration.pt", sizes, 2, device, work / "calibration.state.pt")
-    result = pretrain(cfg)
+    result = pretrain(pretrain_config(labels, work / "calibration.pt", sizes, 2, device, False))
     ips = result.history[-1]["images_per_s"]
     epoch_s = result.n_images / ips
     epochs = int(min(max(budget_s / epoch_s, EPOCH_LIMITS[0]), EPOCH_LIMITS[1]))
@@ -120,7 +79,7 @@ def calibrated_epochs(labels: Path, work: Path, sizes: Sizes, device: str, budge
 def curve_note(losses: list[float], map_c2l: float, map_random: float, mode: str, n_images: int, queue: int) -> str:
     parts = []
     if mode == "quick":
-        parts.append("Quick CPU smoke at toy sizes (tiny backbone, 64 px, 2 pretraining epochs): it checks the pipeline; "
+        parts.append("Quick CPU smoke at toy sizes (tiny backbone, 64 px, 1 pretraining epoch): it checks the pipeline; "
                      "the mAPs say nothing about C2L.")
     delta = map_c2l - map_random
     parts.append(f"C2L init {'improved' if delta > 0 else 'did not improve'} tie-aware mAP "
@@ -141,14 +100,16 @@ def curve_note(losses: list[float], map_c2l: float, map_random: float, mode: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data",
-                        help="Folder holding nih-cxr14-dev/labels.csv.")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="Folder holding nih-cxr14-dev/labels.csv.")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_c2l.json")
     parser.add_argument("--quick", action="store_true", help="CPU smoke sizes (also chosen when there is no CUDA).")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--pretrain-budget-s", type=float, default=120.0, help="Full mode: pretraining time to fill.")
+    parser.add_argument("--pretrain-budget-s", type=float, default=90.0, help="Full mode: pretraining time to fill.")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="Fixed pretraining epochs (no calibration).")
+    parser.add_argument("--train-profile", choices=sorted(PROFILES), default=None,
+                        help="train_nih.py profile of the hashing-model training (default: gpu in full mode, quick in quick mode).")
     parser.add_argument("--work", type=Path, default=None, help="Work folder (default: a temporary one).")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars (epoch lines are still logged).")
     args = parser.parse_args()
 
     import torch
@@ -157,24 +118,27 @@ def main() -> None:
     from medhash.train import train
     from medhash.train.pretrain import pretrain
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("medhash").setLevel(logging.INFO)  # epoch lines of pretraining and training
     labels = args.data_root / "nih-cxr14-dev" / "labels.csv"
     if not labels.is_file():
         sys.exit(f"{labels} not found: pass --data-root, the folder that holds nih-cxr14-dev/")
-    cuda = torch.cuda.is_available() and args.device in ("auto", "cuda") or args.device.startswith("cuda")
+    cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     mode = "quick" if args.quick or not cuda else "full"
     if mode == "quick" and not args.quick:
         say("no CUDA device: running the quick sizes")
-    sizes = MODES[mode]
+    sizes, profile_name = MODES[mode]
+    profile_name = args.train_profile or profile_name
+    profile = PROFILES[profile_name]
     device = args.device if args.device != "auto" else ("cuda" if cuda else "cpu")
     work = args.work or Path(tempfile.mkdtemp(prefix="pretrain_c2l-"))
     work.mkdir(parents=True, exist_ok=True)
-    say(f"mode {mode} on {device}; work folder {work}")
+    say(f"mode {mode} on {device} (training profile {profile_name!r}); work folder {work}")
     wall: dict[str, float] = {}
     t_all = time.perf_counter()
 
     calibration = None
-    epochs = args.pretrain_epochs or sizes.pretrain_epochs
+    epochs = args.pretrain_epochs or sizes.epochs
     if epochs is None:
         t0 = time.perf_counter()
         epochs, calibration = calibrated_epochs(labels, work, sizes, device, args.pretrain_budget_s)
@@ -183,7 +147,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     backbone = work / "backbone.pt"
-    pre = pretrain(pretrain_config(labels, backbone, sizes, epochs, device, work / "backbone.state.pt"))
+    pre = pretrain(pretrain_config(labels, backbone, sizes, epochs, device, not args.no_progress))
     wall["pretrain"] = time.perf_counter() - t0
     losses = [h["loss"] for h in pre.history]
     say(f"pretrained {pre.arch} on {pre.n_images} images, {epochs} epochs: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
@@ -191,23 +155,27 @@ def main() -> None:
 
     arms: dict[str, dict] = {}
     for arm, init in (("c2l", backbone), ("random", None)):
-        t0 = time.perf_counter()
         ckpt = work / f"hash-{arm}.pt"
-        result = train(train_config(labels, ckpt, sizes, device, init, work / f"stages-{arm}"))
+        config = replace(base_config(profile, args.data_root, BITS, ckpt, work / f"stages-{arm}", device),
+                         init=str(init) if init else None)
+        t0 = time.perf_counter()
+        result = train(config)
         wall[f"train_{arm}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         report = evaluate_model(EvaluateConfig(model=str(ckpt), labels=str(labels), query_folds=QUERY_FOLDS,
                                                device=device, batch_size=64))
         wall[f"evaluate_{arm}"] = time.perf_counter() - t0
-        arms[arm] = {"model_id": result.model_id, "retrieval": report["retrieval"], "n_queries": report["n_queries"],
-                     "n_database": report["n_database"], "train_seconds": result.seconds}
+        arms[arm] = {"model_id": result.model_id, "init": init and str(init), "retrieval": report["retrieval"],
+                     "n_queries": report["n_queries"], "n_database": report["n_database"],
+                     "train_seconds": result.seconds}
         say(f"{arm} init: tie-aware mAP {report['retrieval']['map_tie_aware']:.4f} "
             f"(train {wall[f'train_{arm}']:.0f} s, evaluate {wall[f'evaluate_{arm}']:.0f} s)")
     wall["total"] = time.perf_counter() - t_all
 
     map_c2l, map_random = arms["c2l"]["retrieval"]["map_tie_aware"], arms["random"]["retrieval"]["map_tie_aware"]
-    step = max(1, len(pre.step_losses) // 200)
-    out = {
+    every = max(1, len(pre.step_losses) // 200)
+    step_curve = [sum(chunk) / len(chunk) for chunk in (pre.step_losses[i:i + every] for i in range(0, len(pre.step_losses), every))]
+    write_result(args.out, {
         "benchmark": "pretrain_c2l",
         "mode": mode,
         "map_c2l_init": map_c2l,
@@ -215,22 +183,17 @@ def main() -> None:
         "delta": map_c2l - map_random,
         "note": curve_note(losses, map_c2l, map_random, mode, pre.n_images, pre.queue_size),
         "pretrain": {
-            "backbone": pre.arch, "backbone_id": pre.backbone_id, "n_images": pre.n_images, "epochs": epochs,
-            "batch_size": pre.batch_size, "queue_size": pre.queue_size, "size": sizes.size,
-            "loss_curve": losses, "history": pre.history,
-            "step_loss_curve": {"every": step, "mean_loss": [sum(pre.step_losses[i:i + step]) / len(pre.step_losses[i:i + step])
-                                                             for i in range(0, len(pre.step_losses), step)]},
-            "calibration": calibration, "skipped_images": len(pre.skipped_images),
+            "sizes": asdict(sizes), "backbone": pre.arch, "backbone_id": pre.backbone_id, "n_images": pre.n_images,
+            "epochs": epochs, "batch_size": pre.batch_size, "queue_size": pre.queue_size,
+            "loss_curve": losses, "step_loss_curve": {"steps_per_point": every, "mean_loss": step_curve},
+            "history": pre.history, "calibration": calibration, "skipped_images": len(pre.skipped_images),
         },
-        "train": {"sizes": asdict(sizes), "bits": BITS, "train_folds": TRAIN_FOLDS, "query_folds": QUERY_FOLDS,
-                  "config": train_config(labels, work / "x.pt", sizes, device, None, work).to_dict()},
+        "train": {"profile": profile_name, "profile_settings": asdict(profile), "bits": BITS, "query_folds": QUERY_FOLDS,
+                  "config": base_config(profile, args.data_root, BITS, Path("model.pt"), Path("stages"), device).to_dict()},
         "arms": arms,
         "wall_s": wall,
-        **machine(),
-    }
-    from medhash.atomic import write_text_atomic
-
-    write_text_atomic(args.out, json.dumps(out, indent=2, default=str))
+        "machine": machine_info(),
+    })
     say(f"wrote {args.out}: map_c2l_init {map_c2l:.4f}, map_random_init {map_random:.4f}; total {wall['total']:.0f} s")
 
 

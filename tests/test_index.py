@@ -21,7 +21,7 @@ from medhash.index.threads import ScanPool, omp_threads
 BITS = 64
 MODEL = "model-test-1"
 # Two search threads and tiny shards, so the parallel code paths run on test-sized data.
-TWO_THREADS = ThreadPolicy(search_threads=2, min_rows_per_thread=300)
+TWO_THREADS = ThreadPolicy(search_threads=2, min_rows_per_thread=300, fan_out="always")
 
 
 # -- helpers ------------------------------------------------------------------------------------

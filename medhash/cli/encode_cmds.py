@@ -12,7 +12,7 @@ import click
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Label table whose labels are carried into the output.")
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False), help="Where the label table's relative paths resolve.")
 @click.option("--shard-size", default=256, show_default=True, help="Images per shard (one Dask task, one Parquet file).")
-@click.option("--workers", type=int, default=None, help="LocalCluster worker processes [default: cores/4, or one per GPU].")
+@click.option("--workers", type=int, default=None, help="LocalCluster worker processes [default: cores/4, or one per GPU]; ignored with --scheduler.")
 @click.option("--threads-per-worker", default=1, show_default=True, help="Dask task slots per worker.")
 @click.option("--torch-threads", type=int, default=None, help="Torch threads per task [default: host cores / task slots].")
 @click.option("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler (no LocalCluster is started).")
@@ -42,10 +42,10 @@ def encode_cmd(inputs, model, out, labels, image_root, shard_size, workers, thre
     except MedhashError as exc:
         raise click.ClickException(str(exc)) from exc
     kinds = ", ".join(f"{k} {n}" for k, n in summary.failed_by_kind.items())
+    speed = f"{summary.images_per_s:.1f} images/s" if summary.shards_run else "nothing left to encode"
     click.echo(f"{summary.inputs} inputs: {summary.encoded} encoded, {summary.failed} failed{f' ({kinds})' if kinds else ''}; "
                f"{summary.shards} shards ({summary.shards_skipped} already done, {summary.shards_run} run); "
-               f"model {summary.model_id}, {summary.bits} bits, engine {summary.engine}; "
-               f"{summary.images_per_s:.1f} images/s; {summary.seconds:.0f} s")
+               f"model {summary.model_id}, {summary.bits} bits, engine {summary.engine}; {speed}; {summary.seconds:.0f} s")
     click.echo(f"wrote {summary.manifest}")
 
 

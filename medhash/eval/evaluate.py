@@ -45,6 +45,11 @@ class EncodedSet:
     sizes: list[tuple[int, int]]
     failures: list[tuple[str, str]] = field(default_factory=list)
 
+    def subset(self, rows: Sequence[int]) -> "EncodedSet":
+        rows = list(rows)
+        picked = {name: (value[rows] if value is not None else None) for name, value in vars(self.result).items()}
+        return EncodedSet([self.records[i] for i in rows], EncodeResult(**picked), [self.sizes[i] for i in rows])
+
 
 def encode_records(encoder: HashEncoder, records: Sequence[LabelRecord], batch_size: int = 32) -> EncodedSet:
     """Decode and encode records in batches; unreadable images are reported and left out."""

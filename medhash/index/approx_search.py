@@ -38,24 +38,38 @@ class ApproxSearch:
             return [hit for part in self.pool.run(tasks) for hit in part]
 
 
+def _cached(build: Callable[[int], object]) -> Callable[[int], object]:
+    """FAISS parameter objects are read-only during a search: build one per value and reuse it."""
+    cache: dict[int, object] = {}
+
+    def get(value: int):
+        if value not in cache:
+            cache[value] = build(value)
+        return cache[value]
+
+    return get
+
+
 def ivf_params(default_nprobe: int, nlist: int) -> Callable[[int, SearchParams], object]:
     import faiss
 
-    def make(fetch: int, params: SearchParams):
+    def build(nprobe: int):
         p = faiss.SearchParametersIVF()
-        p.nprobe = max(1, min(nlist, params.nprobe or default_nprobe))
+        p.nprobe = nprobe
         return p
 
-    return make
+    get = _cached(build)
+    return lambda fetch, params: get(max(1, min(nlist, params.nprobe or default_nprobe)))
 
 
 def hnsw_params(default_ef: int) -> Callable[[int, SearchParams], object]:
     import faiss
 
-    def make(fetch: int, params: SearchParams):
+    def build(ef: int):
         p = faiss.SearchParametersHNSW()
-        # HNSW cannot return more than efSearch results: never let a large k be cut by it.
-        p.efSearch = max(fetch, params.ef_search or default_ef)
+        p.efSearch = ef
         return p
 
-    return make
+    get = _cached(build)
+    # HNSW cannot return more than efSearch results: never let a large k be cut by it.
+    return lambda fetch, params: get(max(fetch, params.ef_search or default_ef))

@@ -97,15 +97,24 @@ class ExactScan:
         return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
 
     # -- one query -------------------------------------------------------------------------------
-    def _radius_guess(self, q: np.ndarray, k: int) -> int | None:
+    def _sample_kth(self, q: np.ndarray, expected: int) -> int | None:
+        """Distance within which ~`expected` codes of the index lie, read off the sample (None: no sample)."""
         if self.sample is None:
             return None
         m = self.sample.ntotal
-        kk = math.ceil(RANGE_OVERSAMPLE * k * m / self.ntotal)
+        kk = math.ceil(expected * m / self.ntotal)
         if kk >= m:
             return None
-        D, _ = self.sample.search(q, kk)
-        return int(D[0, -1]) + 1
+        D, _ = self.sample.search(q.reshape(1, -1), kk)
+        return int(D[0, -1])
+
+    def estimate_kth(self, q: np.ndarray, k: int) -> int | None:
+        """A cheap estimate of the k-th nearest distance (for callers choosing a strategy)."""
+        return self._sample_kth(q, k)
+
+    def _radius_guess(self, q: np.ndarray, k: int) -> int | None:
+        kth = self._sample_kth(q, RANGE_OVERSAMPLE * k)
+        return None if kth is None else kth + 1
 
     def query(self, q: np.ndarray, k: int, with_ties: bool, parallel: bool = True) -> Neighbors:
         q = q.reshape(1, -1)
@@ -130,7 +139,7 @@ class ExactScan:
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
         with omp_threads(self.policy.omp_threads):
             if len(queries) == 1:
-                return [self.query(queries[0], k, with_ties)]
+                return [self.query(queries[0], k, with_ties, parallel=self.policy.split_single_query())]
             threads = self.policy.search_threads
             step = max(1, math.ceil(len(queries) / (4 * threads)))
             slices = [queries[i:i + step] for i in range(0, len(queries), step)]

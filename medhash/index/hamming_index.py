@@ -83,7 +83,9 @@ class HammingIndex:
             self._searcher = kind.searcher(index, manifest.params, self.policy, self.mapped)
         ids_path = self.index_dir / IDS_FILE
         self._image_ids = read_column(ids_path, "image_id")
-        self._labels = None if kind.dense_labels else read_column(ids_path, "label").to_numpy()
+        labels = None if kind.dense_labels else read_column(ids_path, "label").to_numpy()
+        # Labels are strictly increasing; first 0 and last n-1 means label == row (nothing removed yet).
+        self._labels = None if labels is None or not len(labels) or (labels[0] == 0 and labels[-1] == len(labels) - 1) else labels
         if len(self._image_ids) != manifest.count:
             raise IndexManifestError(ids_path, f"{len(self._image_ids)} rows, manifest says {manifest.count}")
         self._table: pa.Table | None = None

@@ -7,7 +7,9 @@ one of its substrings is within nflip flips, so it was a candidate. Hence, when 
 found satisfies d_k < nhash * (nflip + 1), the top-k (and every tie of d_k, via a range search at
 the same nflip) is exact. Otherwise the query is repeated with nflip = d_k // nhash, which is
 certain to pass; and when that nflip would cost more than a flat scan (`max_nflip`) the query
-falls back to `ExactScan` over the index's own storage. Clustered codes (real hash codes are)
+falls back to `ExactScan` over the index's own storage. Each query starts at the nflip that a
+16k-code sample predicts (d_k estimate // nhash), so hopeless queries go to the flat scan at once
+and close ones skip rounds that could not certify them. Clustered codes (real hash codes are)
 have small d_k and are answered from a few buckets; uniformly random 64-bit codes usually fall
 back, so this kind is never slower than flat by more than one cheap bucket probe.
 """
@@ -41,6 +43,10 @@ class MultiHashSearch:
         self._lock = threading.Lock()
         self.fallbacks = 0  # queries answered by the flat scan (for benchmarks / info)
 
+    def _first_nflip(self, q: np.ndarray, k: int) -> int:
+        kth = self.fallback.estimate_kth(q, k)
+        return self.start_nflip if kth is None else max(self.start_nflip, kth // self.nhash)
+
     def _at(self, nflip: int, queries: np.ndarray, k: int):
         self.index.nflip = nflip
         return self.index.search(queries, k)
@@ -49,7 +55,7 @@ class MultiHashSearch:
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
         nq, ntotal = len(queries), self.index.ntotal
         results: list[Neighbors | None] = [None] * nq
-        need = {int(q): self.start_nflip for q in range(nq)}  # query -> nflip to try next
+        need = {int(q): self._first_nflip(queries[q], k) for q in range(nq)}  # query -> nflip to try next
         to_scan: list[int] = []
         with self._lock, omp_threads(self.policy.omp_threads):
             while need:

@@ -13,6 +13,10 @@ Why (measured on the 2-core dev machine, 1M random 64-bit codes, k=100, IndexBin
   calls on disjoint shards or query slices (FAISS releases the GIL inside Index methods). The
   caller takes part in the work and steals any task a worker has not started, so a worker stuck
   behind a busy core delays a query by at most one task instead of a whole scan.
+- Handing a query to a 2nd thread costs ~30-100 us and only pays when that thread gets a core at
+  once. `fan_out="auto"` therefore splits a single query only while the 1-minute load average
+  leaves a core free (read from /proc/loadavg at most once a second); on a loaded machine the
+  query runs on the calling thread alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -44,6 +49,32 @@ class ThreadPolicy:
     # A flat index is split into per-thread shards only above this size: below it the ~30 us of
     # hand-off between threads costs more than half a scan saves.
     min_rows_per_thread: int = 200_000
+    # Split one query over threads: "always", "never", or "auto" (only while a core looks free).
+    fan_out: str = "auto"
+
+    def __post_init__(self):
+        if self.fan_out not in ("auto", "always", "never"):
+            raise ValueError(f"fan_out must be auto, always or never, not {self.fan_out!r}")
+
+    def split_single_query(self) -> bool:
+        if self.search_threads < 2 or self.fan_out == "never":
+            return False
+        return self.fan_out == "always" or _spare_core(self.search_threads)
+
+
+_load_cache = [0.0, 0.0]  # (time read, 1-minute load average)
+
+
+def _spare_core(threads: int) -> bool:
+    now = time.monotonic()
+    if now - _load_cache[0] > 1.0:
+        try:
+            _load_cache[1] = os.getloadavg()[0]
+        except OSError:  # no load average on this platform: assume a spare core
+            _load_cache[1] = 0.0
+        _load_cache[0] = now
+    # Our own searching thread counts ~1 in the load; another core is free below cores - 0.5.
+    return _load_cache[1] <= available_cores() - 0.5
 
 
 DEFAULT_POLICY = ThreadPolicy()
@@ -55,6 +86,9 @@ def omp_threads(n: int) -> Iterator[None]:
     import faiss
 
     before = faiss.omp_get_max_threads()
+    if before == n:  # the common case on the query path: nothing to set or restore
+        yield
+        return
     faiss.omp_set_num_threads(n)
     try:
         yield

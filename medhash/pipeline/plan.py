@@ -111,7 +111,7 @@ def check_same_job(stored: JobPlan, output: OutputSpec, request: dict[str, Any],
     """Refuse a rerun that would mix another model, engine or column set, or other inputs, into `out_dir`."""
     if stored.output.model_id != output.model_id:
         raise PipelineError(
-            f"{out_dir} holds codes of model {stored.output.model_id}; this checkpoint is model {output.model_id}. "
+            f"{out_dir} belongs to model {stored.output.model_id} (its plan and codes); this checkpoint is model {output.model_id}. "
             "Codes of two models cannot share a folder: use another --out, or --overwrite to replace them")
     differences = [f"{key}: folder has {value!r}, asked {getattr(output, key)!r}"
                    for key, value in stored.output.to_json().items() if getattr(output, key) != value]

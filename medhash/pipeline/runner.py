@@ -103,6 +103,8 @@ def _resolve_engine(engine: str, device: str) -> str:
     from medhash.model.encoder import ENGINES, default_engine
 
     if engine == "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            return "bf16"  # GPUs of a remote cluster, unseen from here: bf16 runs on every GPU since Ampere
         return default_engine(torch.device(device))
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}; choose auto or one of {sorted(ENGINES)}")
@@ -204,6 +206,7 @@ def _run_shards(config: EncodeJobConfig, out_dir: Path, output: OutputSpec, pend
         with JobProgress(total_images, total_shards, done_before, config.progress) as progress:
             if link:
                 progress.note(f"Dask dashboard: {link}")
+                log.info("Dask dashboard: %s", link)
             for future in as_completed(futures):
                 shard = futures[future]
                 try:

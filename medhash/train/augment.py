@@ -24,8 +24,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     f = torch.where(flip, -1.0, 1.0)  # mirror the x axis of the sampling grid
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * f, -sin, tx], 1), torch.stack([sin * f, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid.to(x.device), mode="bilinear", padding_mode="border", align_corners=False)
+    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(b, 1, 1, 1).to(x.device)
     brightness = uniform(-cfg.brightness, cfg.brightness).view(b, 1, 1, 1).to(x.device)

@@ -128,12 +128,29 @@ class Trainer:
             self.device = torch.device("cuda", self.ctx.local_rank)
             torch.cuda.set_device(self.device)
         self.amp_dtype = resolve_precision(config.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
         self.work_dir = Path(config.work_dir or f"{config.out}.stages")
         self.digests = stage_digests(config)
         self.seconds: dict[str, float] = {}
 
     # data ------------------------------------------------------------------------------------------
     def load_data(self) -> tuple[ImageSet, ImageSet | None]:
+        """Decoded train/val images, cached in the work dir (decoding thousands of PNGs per run
+        dominated repeated runs that share backbones, e.g. one run per hash length)."""
+        cfg = self.config
+        stat = Path(cfg.labels).stat()
+        key = json.dumps([str(Path(cfg.labels).resolve()), stat.st_size, stat.st_mtime_ns, cfg.image_root, cfg.load_size,
+                          cfg.model.classes, cfg.train_folds, cfg.val_folds, cfg.test_folds, cfg.seed])
+        path = self.work_dir / f"images-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+        if path.exists():
+            cached = torch.load(path, map_location="cpu", weights_only=False)
+            return cached["train"], cached["val"]
+        train_set, val_set = self._decode_data()
+        self._save_state(path, {"train": train_set, "val": val_set})
+        return train_set, val_set
+
+    def _decode_data(self) -> tuple[ImageSet, ImageSet | None]:
         cfg = self.config
         table = read_label_table(cfg.labels, cfg.image_root, cfg.model.classes)
         for problem in table.problems[:20]:
@@ -317,9 +334,10 @@ class Trainer:
         def image_batch(data: ImageSet, augment: bool):
             def get(idx: np.ndarray, gen: torch.Generator):
                 x, y = data.batch(idx)
+                x = x.to(dev, non_blocking=True)  # augment where the model runs (GPU when there is one)
                 if augment:
                     x = augment_batch(x, cfg.augment, gen)
-                return x.to(dev), y.to(dev)
+                return x, y.to(dev)
             return get
 
         def branch_validation(branch: str) -> Callable[[], dict[str, float]]:
