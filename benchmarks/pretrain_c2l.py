@@ -4,10 +4,12 @@
     python benchmarks/pretrain_c2l.py --data-root ../shared/data --out /tmp/c2l.json --quick   # CPU smoke, ~3 min
 
 1. C2L pretraining of the backbone on every image of nih-cxr14-dev (its labels are not read).
-   Full mode (a GPU): DenseNet-121 at 224 px, batch 128; the epoch count fills --pretrain-budget-s,
-   measured from a 2-epoch calibration run (images/s), between 10 and 200 epochs.
-2. The training of benchmarks/train_nih.py (its `base_config`, 64 bits, folds 0-3) twice, with
-   equal budgets: both branches initialized from the C2L backbone, and from random weights.
+   Full mode (a GPU): DenseNet-121 at 224 px, batch 128; the epoch count (10 to 200) fills what the
+   two trainings leave of --total-budget-s (default 300 s), from a 2-epoch calibration run's images/s.
+2. The training of benchmarks/train_nih.py (its `base_config` and profile: gpu in full mode, 64 bits,
+   folds 0-3) twice, with equal budgets: both branches initialized from the C2L backbone, and from
+   random weights. The random-init arm runs first (before pretraining): its wall time tells how
+   much of the budget is left for pretraining.
 3. Tie-aware retrieval mAP of each with fold 4 as queries and folds 0-3 as the database
    (medhash.eval.evaluate.evaluate_model).
 Writes map_c2l_init, map_random_init, the pretraining loss curve, wall times, machine and versions.
@@ -26,7 +28,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # medhash, also where it is not installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_DATA_ROOT, REPO, machine_info, write_result  # noqa: E402
 from train_nih import PROFILES, base_config  # noqa: E402
@@ -64,15 +68,17 @@ def pretrain_config(labels: Path, out: Path, sizes: PretrainSizes, epochs: int, 
                           c2l=C2LConfig(bn_splits=sizes.bn_splits), device=device, progress=progress)
 
 
-def calibrated_epochs(labels: Path, work: Path, sizes: PretrainSizes, device: str, budget_s: float) -> tuple[int, dict]:
-    """Epochs that fill `budget_s`, from the steady images/s of a 2-epoch run (its first epoch warms up)."""
+def calibrated_epochs(labels: Path, work: Path, sizes: PretrainSizes, device: str,
+                      budget_s: Callable[[], float]) -> tuple[int, dict]:
+    """Epochs that fill the budget left after a 2-epoch calibration run (steady images/s from its second epoch)."""
     from medhash.train.pretrain import pretrain
 
     result = pretrain(pretrain_config(labels, work / "calibration.pt", sizes, 2, device, False))
     ips = result.history[-1]["images_per_s"]
     epoch_s = result.n_images / ips
-    epochs = int(min(max(budget_s / epoch_s, EPOCH_LIMITS[0]), EPOCH_LIMITS[1]))
-    return epochs, {"images_per_s": ips, "epoch_s": epoch_s, "budget_s": budget_s, "epochs": epochs,
+    left = budget_s() - result.seconds.get("load_images", 0.0)  # the real run decodes the images again
+    epochs = int(min(max(left / epoch_s, EPOCH_LIMITS[0]), EPOCH_LIMITS[1]))
+    return epochs, {"images_per_s": ips, "epoch_s": epoch_s, "budget_s": left, "epochs": epochs,
                     "wall_s": result.seconds.get("total")}
 
 
@@ -104,7 +110,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_c2l.json")
     parser.add_argument("--quick", action="store_true", help="CPU smoke sizes (also chosen when there is no CUDA).")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--pretrain-budget-s", type=float, default=90.0, help="Full mode: pretraining time to fill.")
+    parser.add_argument("--total-budget-s", type=float, default=300.0,
+                        help="Full mode: pretraining epochs fill what the two trainings leave of this wall time.")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="Fixed pretraining epochs (no calibration).")
     parser.add_argument("--train-profile", choices=sorted(PROFILES), default=None,
                         help="train_nih.py profile of the hashing-model training (default: gpu in full mode, quick in quick mode).")
@@ -131,30 +138,18 @@ def main() -> None:
     profile_name = args.train_profile or profile_name
     profile = PROFILES[profile_name]
     device = args.device if args.device != "auto" else ("cuda" if cuda else "cpu")
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # as pretraining sets it: the same for both arms
     work = args.work or Path(tempfile.mkdtemp(prefix="pretrain_c2l-"))
     work.mkdir(parents=True, exist_ok=True)
     say(f"mode {mode} on {device} (training profile {profile_name!r}); work folder {work}")
     wall: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    calibration = None
-    epochs = args.pretrain_epochs or sizes.epochs
-    if epochs is None:
-        t0 = time.perf_counter()
-        epochs, calibration = calibrated_epochs(labels, work, sizes, device, args.pretrain_budget_s)
-        wall["calibration"] = time.perf_counter() - t0
-        say(f"calibration: {calibration['images_per_s']:.0f} images/s -> {epochs} pretraining epochs")
-
-    t0 = time.perf_counter()
-    backbone = work / "backbone.pt"
-    pre = pretrain(pretrain_config(labels, backbone, sizes, epochs, device, not args.no_progress))
-    wall["pretrain"] = time.perf_counter() - t0
-    losses = [h["loss"] for h in pre.history]
-    say(f"pretrained {pre.arch} on {pre.n_images} images, {epochs} epochs: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
-        f"in {wall['pretrain']:.0f} s")
-
     arms: dict[str, dict] = {}
-    for arm, init in (("c2l", backbone), ("random", None)):
+
+    def run_arm(arm: str, init: Path | None) -> None:
+        """Train (train_nih's recipe at 64 bits, identical for both arms but `init`) and evaluate one arm."""
         ckpt = work / f"hash-{arm}.pt"
         config = replace(base_config(profile, args.data_root, BITS, ckpt, work / f"stages-{arm}", device),
                          init=str(init) if init else None)
@@ -165,11 +160,32 @@ def main() -> None:
         report = evaluate_model(EvaluateConfig(model=str(ckpt), labels=str(labels), query_folds=QUERY_FOLDS,
                                                device=device, batch_size=64))
         wall[f"evaluate_{arm}"] = time.perf_counter() - t0
-        arms[arm] = {"model_id": result.model_id, "init": init and str(init), "retrieval": report["retrieval"],
-                     "n_queries": report["n_queries"], "n_database": report["n_database"],
-                     "train_seconds": result.seconds}
+        arms[arm] = {"model_id": result.model_id, "init": str(init) if init else "random", "retrieval": report["retrieval"],
+                     "n_queries": report["n_queries"], "n_database": report["n_database"], "train_seconds": result.seconds}
         say(f"{arm} init: tie-aware mAP {report['retrieval']['map_tie_aware']:.4f} "
             f"(train {wall[f'train_{arm}']:.0f} s, evaluate {wall[f'evaluate_{arm}']:.0f} s)")
+
+    # The random-init arm first: its wall time tells how much of the total budget pretraining may take
+    # (the C2L arm trains the same recipe, so it will take about as long).
+    run_arm("random", None)
+    calibration = None
+    epochs = args.pretrain_epochs or sizes.epochs
+    if epochs is None:
+        arm_s = wall["train_random"] + wall["evaluate_random"]
+        t0 = time.perf_counter()
+        epochs, calibration = calibrated_epochs(labels, work, sizes, device, lambda: args.total_budget_s - arm_s - (time.perf_counter() - t_all))
+        wall["calibration"] = time.perf_counter() - t0
+        say(f"calibration: {calibration['images_per_s']:.0f} images/s; {calibration['budget_s']:.0f} s of the budget left "
+            f"-> {epochs} pretraining epochs")
+
+    t0 = time.perf_counter()
+    backbone = work / "backbone.pt"
+    pre = pretrain(pretrain_config(labels, backbone, sizes, epochs, device, not args.no_progress))
+    wall["pretrain"] = time.perf_counter() - t0
+    losses = [h["loss"] for h in pre.history]
+    say(f"pretrained {pre.arch} on {pre.n_images} images, {epochs} epochs: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
+        f"in {wall['pretrain']:.0f} s")
+    run_arm("c2l", backbone)
     wall["total"] = time.perf_counter() - t_all
 
     map_c2l, map_random = arms["c2l"]["retrieval"]["map_tie_aware"], arms["random"]["retrieval"]["map_tie_aware"]

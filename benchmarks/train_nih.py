@@ -52,9 +52,9 @@ class Profile:
 
 PROFILES = {
     # fits about an hour on the 2-core CPU machine (bf16 + channels_last on AMX)
-    "cpu": Profile("densenet121", 224, 8, 8, 80, 32, 3e-4, "2-core CPU budget (~1 h)"),
+    "cpu": Profile("densenet121", 128, 10, 8, 80, 32, 3e-4, "2-core CPU budget (~20 min idle, ~1 h shared)"),
     # a GPU affords a longer schedule at the same input size
-    "gpu": Profile("densenet121", 224, 30, 25, 100, 64, 3e-4, "single-GPU budget (~5 min on an H100)"),
+    "gpu": Profile("densenet121", 224, 12, 10, 60, 64, 3e-4, "single-GPU budget (~3 min on an H100)"),
     # smoke test of the script itself
     "quick": Profile("tiny", 64, 1, 1, 5, 32, 1e-3, "smoke test only; figures meaningless"),
 }

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The suite starts Dask workers and torchrun processes beside the test process on a
+# 2-core machine: with 2 OpenMP threads each, oversubscribed cores made torch steps
+# 5-10x slower (threads wait at barriers for descheduled peers). One thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

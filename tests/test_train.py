@@ -28,7 +28,7 @@ def phantoms(tmp_path_factory) -> Path:
 def small_config(phantoms: Path, out: Path, **kw) -> TrainConfig:
     base = TrainConfig(labels=str(phantoms / "labels.csv"), out=str(out), model=TINY, load_size=64,
                        epochs_global=1, epochs_local=1, epochs_hash=4, batch_size=16, hash_batch_size=32,
-                       precision="fp32", device="cpu", progress=False, val_folds=(4,))
+                       precision="fp32", device="cpu", progress=False, val_folds=(4,), checkpoint_every_s=0.0)
     return replace(base, **kw)
 
 

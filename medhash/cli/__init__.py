@@ -18,6 +18,7 @@ from medhash import __version__
 COMMAND_MODULES = [
     "medhash.cli.data_cmds",
     "medhash.cli.model_cmds",
+    "medhash.cli.demo_cmds",
     "medhash.cli.pretrain_cmds",
     "medhash.cli.encode_cmds",
     "medhash.cli.index_cmds",

@@ -12,7 +12,7 @@ import click
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Label table whose labels are carried into the output.")
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False), help="Where the label table's relative paths resolve.")
 @click.option("--shard-size", default=256, show_default=True, help="Images per shard (one Dask task, one Parquet file).")
-@click.option("--workers", type=int, default=None, help="LocalCluster worker processes [default: cores/4, or one per GPU]; ignored with --scheduler.")
+@click.option("--workers", type=int, default=None, help="LocalCluster worker processes [default: cores/4 but at least 2 (at most cores), or one per GPU]; ignored with --scheduler.")
 @click.option("--threads-per-worker", default=1, show_default=True, help="Dask task slots per worker.")
 @click.option("--torch-threads", type=int, default=None, help="Torch threads per task [default: host cores / task slots].")
 @click.option("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler (no LocalCluster is started).")

@@ -152,6 +152,8 @@ def mix(x: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
 
 
 class C2L(nn.Module):
+    """Query encoder, EMA key encoder and queue. Takes ownership of `backbone` (its BatchNorms become split)."""
+
     def __init__(self, backbone: Backbone, config: C2LConfig = C2LConfig(), queue_size: int | None = None):
         super().__init__()
         self.config = config

@@ -46,22 +46,32 @@ def save_checkpoint(path: str | Path, model: AGHashNet, extra: dict[str, Any] | 
     return model_id
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and validate a checkpoint file; every failure is a CheckpointError naming the file."""
+def read_payload(path: str | Path, fmt: str, version: int, id_key: str, what: str, hint: str = "") -> dict[str, Any]:
+    """Load a medhash torch file of format `fmt` and check its version and weights hash.
+
+    Shared by model checkpoints and pretrained backbone files; every failure is a
+    CheckpointError naming the file and `what` it was expected to be.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: {what} not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/garbled files
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated): {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a medhash model checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {payload.get('format_version')} is not supported (expected {FORMAT_VERSION})")
-    if weights_id(payload["state_dict"]) != payload.get("model_id"):
-        raise CheckpointError(f"{path}: weights do not match the recorded model_id (file altered or corrupt)")
+        raise CheckpointError(f"{path}: not a readable {what} (corrupt or truncated): {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a medhash {what} (format {found!r}){hint}")
+    if payload.get("format_version") != version:
+        raise CheckpointError(f"{path}: {what} format version {payload.get('format_version')} is not supported (expected {version})")
+    if weights_id(payload["state_dict"]) != payload.get(id_key):
+        raise CheckpointError(f"{path}: weights do not match the recorded {id_key} (file altered or corrupt)")
     return payload
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a model checkpoint; every failure is a CheckpointError naming the file."""
+    return read_payload(path, FORMAT, FORMAT_VERSION, "model_id", "model checkpoint")
 
 
 def load_model(path: str | Path) -> tuple[AGHashNet, dict[str, Any]]:

@@ -52,6 +52,7 @@ class ShardStats:
     failed: int
     failed_by_kind: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # process CPU time and page faults during the shard
     worker: str = ""
     pid: int = 0
     torch_threads: int = 0

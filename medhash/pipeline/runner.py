@@ -51,7 +51,7 @@ class EncodeJobConfig:
     labels: str | Path | None = None  # label table whose labels travel into the output
     image_root: str | Path | None = None  # where the table's relative paths resolve
     shard_size: int = 256
-    workers: int | None = None  # LocalCluster worker processes (None: cpu cores // 4, or one per GPU)
+    workers: int | None = None  # LocalCluster worker processes (None: cluster.default_workers)
     threads_per_worker: int = 1  # Dask task slots per worker
     torch_threads: int | None = None  # per task (None: host cores / task slots on the host)
     scheduler: str | None = None  # tcp://HOST:PORT of a running cluster (None: start a LocalCluster)
@@ -64,6 +64,7 @@ class EncodeJobConfig:
     bytes_column: str | None = None  # Parquet inputs: column with the image bytes
     id_column: str | None = None  # Parquet inputs: column with the image ids
     retries: int = 2  # reruns of a shard task that raised
+    tune_malloc: bool = True  # workers reuse freed activation memory (medhash.pipeline.malloc)
     progress: bool = True
     dashboard: bool = True
 
@@ -197,7 +198,7 @@ def _run_shards(config: EncodeJobConfig, out_dir: Path, output: OutputSpec, pend
         link = dashboard_link(client)
         encoder = EncoderSpec(os.path.abspath(config.model), output.engine, config.device, config.batch_size)
         job = ShardJob(encoder, output, str(out_dir.resolve()), config.decode_threads,
-                       tuple(sorted(torch_threads_by_host(client).items())), config.torch_threads)
+                       tuple(sorted(torch_threads_by_host(client).items())), config.torch_threads, config.tune_malloc)
         token = uuid.uuid4().hex[:8]  # keys unique per run: tasks of a killed earlier client never collide
         start = time.perf_counter()
         futures = {client.submit(run_shard_task, shard, job, key=f"medhash-encode-{shard.name}-{token}",
@@ -228,10 +229,10 @@ def _run_shards(config: EncodeJobConfig, out_dir: Path, output: OutputSpec, pend
 # ------------------------------------------------------------------------------------------ manifest
 
 
-def _sum_seconds(stats: list[ShardStats]) -> dict[str, float]:
+def _summed(stats: list[ShardStats], attribute: str) -> dict[str, float]:
     total: Counter[str] = Counter()
     for s in stats:
-        total.update(s.seconds)
+        total.update(getattr(s, attribute))
     return {k: round(v, 3) for k, v in sorted(total.items())}
 
 
@@ -305,7 +306,8 @@ def run_encode(config: EncodeJobConfig) -> EncodeSummary:
         "images_per_s": round(ran / run_seconds, 2) if run_seconds else None,
         "shards_run": len(fresh),
         "shards_skipped": len(done),
-        "stage_seconds_of_run_shards": _sum_seconds(list(fresh.values())),
+        "stage_seconds_of_run_shards": _summed(list(fresh.values()), "seconds"),
+        "worker_cpu_of_run_shards": _summed(list(fresh.values()), "cpu"),
         "peak_rss_mb_max": max((s.peak_rss_mb for s in fresh.values()), default=None),
     }
     counts = _write_manifest(out_dir, plan, stats, timing)["counts"]

@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     init: str | None = None  # a C2L backbone file for both branches
     work_dir: str | None = None  # per-stage resumable state; default: <out>.stages/
+    checkpoint_every_s: float = 60.0  # stage state is rewritten at most this often (and after the last epoch)
     progress: bool = True
 
     def to_dict(self) -> dict:

@@ -33,7 +33,8 @@ from medhash.data.labels import read_label_table
 from medhash.errors import CheckpointError, ImageDecodeError
 from medhash.model.backbone import build_backbone
 from medhash.model.c2l import C2L, C2LConfig, mix, mixup_lambda
-from medhash.model.checkpoint import weights_id
+from medhash.model.checkpoint import read_payload, weights_id
+from medhash.model.hashnet import AGHashNet
 from medhash.train.data import to_square_uint8
 from medhash.train.dist import DistContext, all_gather_cat, barrier, init_distributed
 from medhash.train.optim import build_optimizer, build_scheduler
@@ -202,22 +203,8 @@ def save_backbone(path: str | Path, arch: str, state_dict: dict[str, torch.Tenso
 
 def read_backbone(path: str | Path) -> dict[str, Any]:
     """Load and validate a backbone file; every failure is a CheckpointError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: backbone file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated/garbled files
-        raise CheckpointError(f"{path}: not a readable backbone file (corrupt or truncated): {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != BACKBONE_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: not a medhash backbone file (format {found!r}; `medhash pretrain` writes them)")
-    if payload.get("format_version") != BACKBONE_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: backbone format version {payload.get('format_version')} is not supported "
-                              f"(expected {BACKBONE_FORMAT_VERSION})")
-    if weights_id(payload["state_dict"]) != payload.get("id"):
-        raise CheckpointError(f"{path}: weights do not match the recorded id (file altered or corrupt)")
-    return payload
+    return read_payload(path, BACKBONE_FORMAT, BACKBONE_FORMAT_VERSION, "id", "backbone file",
+                        hint="; `medhash pretrain` writes them")
 
 
 def load_backbone_init(path: str | Path, arch: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -229,7 +216,7 @@ def load_backbone_init(path: str | Path, arch: str) -> tuple[dict[str, torch.Ten
     return payload["state_dict"], {k: v for k, v in payload.items() if k != "state_dict"}
 
 
-def apply_backbone_init(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+def apply_backbone_init(model: AGHashNet, path: str | Path) -> dict[str, Any]:
     """Load a backbone file into both branches of an AGHashNet; returns the checkpoint's `init` record."""
     weights, info = load_backbone_init(path, model.config.backbone)
     for branch in (model.global_backbone, model.local_backbone):
@@ -297,11 +284,11 @@ class Pretrainer:
             log.warning("batch size %d -> %d (data size / BN sub-batches)", cfg.batch_size, batch)
         return batch
 
-    def _views(self, pixels: torch.Tensor, idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _views(self, pixels: torch.Tensor, idx: np.ndarray, gen: torch.Generator, n: int = 2) -> list[torch.Tensor]:
+        """n independently augmented views of the images `idx`."""
         x = pixels[torch.as_tensor(idx, device=pixels.device)].float().div_(255.0)
         cfg = self.config
-        return (c2l_views(x, cfg.augment, cfg.size, gen, cfg.c2l.mean),
-                c2l_views(x, cfg.augment, cfg.size, gen, cfg.c2l.mean))
+        return [c2l_views(x, cfg.augment, cfg.size, gen, cfg.c2l.mean) for _ in range(n)]
 
     @torch.no_grad()
     def _prefill(self, model: C2L, pixels: torch.Tensor, batch: int) -> None:
@@ -313,7 +300,7 @@ class Pretrainer:
         model.train()
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
-            _, view = self._views(pixels, idx, gen)
+            (view,) = self._views(pixels, idx, gen, n=1)
             with self._autocast():
                 keys = model.encode_keys(view, gen)
             model.enqueue(keys, torch.as_tensor(idx, device=self.device))

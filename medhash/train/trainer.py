@@ -244,7 +244,7 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             start, history = state["epoch"], state["history"]
             log.info("stage %s resumed at epoch %d", name, start + 1)
-        t_stage = time.perf_counter()
+        t_stage = last_save = time.perf_counter()
         for epoch in range(start, epochs):
             model.train()
             for module in step.frozen_eval():
@@ -279,9 +279,12 @@ class Trainer:
             history.append(record)
             if self.ctx.is_main:
                 log.info("stage %s epoch %d: %s", name, epoch + 1, {k: round(v, 4) for k, v in record.items()})
-            self._save_state(path, {"stage": name, "epoch": epoch + 1, "done": epoch + 1 == epochs, "digest": self.digests[name],
-                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "history": history})
+            # Writing both backbones every epoch dominated the cheap hash epochs: save on a clock.
+            if epoch + 1 == epochs or time.perf_counter() - last_save >= cfg.checkpoint_every_s:
+                self._save_state(path, {"stage": name, "epoch": epoch + 1, "done": epoch + 1 == epochs, "digest": self.digests[name],
+                                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "history": history})
+                last_save = time.perf_counter()
         if epochs == 0:
             self._save_state(path, {"stage": name, "epoch": epochs, "done": True, "digest": self.digests[name],
                                     "model": model.state_dict(), "history": history})
