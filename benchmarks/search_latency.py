@@ -165,7 +165,7 @@ def busy_core(seconds: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", f"import time\nend=time.time()+{seconds}\nwhile time.time()<end: pass"])
 
 
-def omp_study(n: int, rng, queries: int = 300) -> dict:
+def omp_study(n: int, rng, queries: int = 100) -> dict:
     """Single-query latency of raw IndexBinaryFlat and of our flat with OpenMP 1 vs 2, idle vs one core busy."""
     codes = random_codes(rng, n)
     qs = random_codes(rng, queries)
@@ -315,10 +315,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000000,10000000", help="comma-separated code counts")
     ap.add_argument("--data", default="random,clustered")
     ap.add_argument("--kinds", default="flat,multihash,ivf,hnsw")
-    ap.add_argument("--single-queries", type=int, default=300)
+    ap.add_argument("--single-queries", type=int, default=200)
     ap.add_argument("--block", type=int, default=25, help="queries per kind per interleaved round")
-    ap.add_argument("--batch-queries", type=int, default=1000)
-    ap.add_argument("--recall-queries", type=int, default=200)
+    ap.add_argument("--batch-queries", type=int, default=500)
+    ap.add_argument("--recall-queries", type=int, default=100)
     ap.add_argument("--sweep-queries", type=int, default=100)
     ap.add_argument("--hnsw-max-n", type=int, default=1_000_000)
     ap.add_argument("--centers", type=int, default=4096)

@@ -52,7 +52,7 @@ class Profile:
 
 PROFILES = {
     # fits about an hour on the 2-core CPU machine (bf16 + channels_last on AMX)
-    "cpu": Profile("densenet121", 128, 10, 8, 80, 32, 3e-4, "2-core CPU budget (~20 min idle, ~1 h shared)"),
+    "cpu": Profile("densenet121", 128, 8, 6, 80, 32, 3e-4, "2-core CPU budget (~15 min on an idle machine)"),
     # a GPU affords a longer schedule at the same input size
     "gpu": Profile("densenet121", 224, 12, 10, 60, 64, 3e-4, "single-GPU budget (~3 min on an H100)"),
     # smoke test of the script itself

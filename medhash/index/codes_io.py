@@ -69,7 +69,9 @@ def _shard_paths(codes_dir: Path) -> list[Path]:
             listed = json.loads(manifest.read_text(encoding="utf-8")).get("shards", [])
         except (OSError, ValueError) as exc:
             raise CodeShardError(manifest, f"unreadable codes manifest: {exc}") from exc
-        paths = [codes_dir / Path(str(name)).name for name in listed]
+        # The pipeline lists shards as {"file": "part-00000.parquet", ...}; plain names are accepted too.
+        names = [entry["file"] if isinstance(entry, dict) else str(entry) for entry in listed]
+        paths = [codes_dir / Path(name).name for name in names]
         missing = [p.name for p in paths if not p.exists()]
         if missing:
             raise CodeShardError(manifest, f"lists shard(s) that do not exist: {missing[:5]}")

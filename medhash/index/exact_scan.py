@@ -6,9 +6,11 @@ Two measured effects (1M random 64-bit codes, one query, k=100, one core):
   top-k and every code tied with the k-th (all have distance < r), so one range scan answers a
   query exactly, ties included. r is estimated from a 16k-code sample of the index (~15 us) so
   that about 4k codes fall inside it; if fewer than k do, r grows and the scan is repeated (rare).
-- The codes are split into one shard per search thread and the shards are scanned at the same
-  time (`ScanPool`), so one query uses both cores of the dev machine.
-Batches parallelise over queries instead (each thread scans every shard for its query slice).
+- The codes are split into one shard per search thread, and while a core is free
+  (ThreadPolicy.fan_out) the shards of one query are scanned at the same time (`ScanPool`).
+Batches run FAISS's knn over query slices instead, one slice per thread: it reads each block of
+codes once for the whole slice, which at 10M codes gave raw FAISS 102 queries/s against 45 for
+one range scan per query.
 """
 
 from __future__ import annotations

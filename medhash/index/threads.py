@@ -6,7 +6,10 @@ Why (measured on the 2-core dev machine, 1M random 64-bit codes, k=100, IndexBin
   1 or 2 threads when the machine is idle), but every region ends in a barrier that waits for the
   2nd thread: when the other core is busy that thread is descheduled and libgomp's spin-wait turns
   each barrier into a scheduler time slice. Measured with one core busy: 2 OpenMP threads gave
-  p50 0.80 / p95 23.6 / p99 98 ms, 1 thread p50 0.72 / p95 0.81 / p99 0.85 ms.
+  p50 0.80 / p95 23.6 / p99 98 ms, 1 thread p50 0.72 / p95 0.81 / p99 0.85 ms. With the machine
+  shared by other jobs (load average 4-8), three runs of benchmarks/search_latency.py measured
+  p50 13-256 ms with 2 threads against 0.76-1.5 ms with 1 (omp_study and the faiss_flat_raw rows
+  of benchmarks/results/search_latency.json).
 - So every search runs with omp_set_num_threads(1) in the calling thread (the setting is per
   thread in OpenMP: a worker thread must set it itself, a new thread inherits the default), and
   the parallelism we want comes from `ScanPool`: persistent Python worker threads that run FAISS
@@ -46,9 +49,11 @@ class ThreadPolicy:
     omp_threads: int = 1
     # Threads (caller included) that share one search: shards of a flat scan, or query slices.
     search_threads: int = min(2, available_cores())
-    # A flat index is split into per-thread shards only above this size: below it the ~30 us of
-    # hand-off between threads costs more than half a scan saves.
-    min_rows_per_thread: int = 200_000
+    # A flat index is split into per-thread shards only when each gets this many codes. Measured
+    # (single query, k=100): at 1M codes splitting gained nothing (0.79 ms split vs 0.71 ms one
+    # thread; the hand-off and merge cost what half a 0.5 ms scan saves), at 10M it gave 5.7 ms
+    # against 17 ms for raw FAISS.
+    min_rows_per_thread: int = 1_000_000
     # Split one query over threads: "always", "never", or "auto" (only while a core looks free).
     fan_out: str = "auto"
 
