@@ -35,12 +35,14 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "load_avg_1min": os.getloadavg()[0],
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     try:
         import torch
 
         info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         pass

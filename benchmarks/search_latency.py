@@ -174,7 +174,8 @@ def omp_study(n: int, rng, queries: int = 100) -> dict:
     flat = faiss.IndexBinaryFlat(BITS)
     flat.add(codes)
     scans = {"1thread": ExactScan(flat, ThreadPolicy(search_threads=1)),
-             "2threads_always": ExactScan(flat, ThreadPolicy(search_threads=2, fan_out="always")),
+             "2threads_always": ExactScan(flat, ThreadPolicy(search_threads=2, fan_out="always",
+                                                              min_rows_per_thread=n // 2)),
              "default_policy": ExactScan(flat, ThreadPolicy())}
 
     def timed(fn) -> dict:
@@ -312,7 +313,8 @@ def machine() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="1000000,10000000", help="comma-separated code counts")
+    ap.add_argument("--sizes", default="1000000,10000000",
+                    help="comma-separated code counts ('' runs only the OpenMP study)")
     ap.add_argument("--data", default="random,clustered")
     ap.add_argument("--kinds", default="flat,multihash,ivf,hnsw")
     ap.add_argument("--single-queries", type=int, default=200)
@@ -344,7 +346,7 @@ def main() -> None:
     if args.omp_study_n:
         result["omp_study"] = omp_study(args.omp_study_n, rng)
         print(json.dumps({"omp_study": result["omp_study"]}), flush=True)
-    memory_n = max(sizes) if args.memory_n is None else args.memory_n
+    memory_n = max(sizes, default=0) if args.memory_n is None else args.memory_n
     try:
         for n in sizes:
             for data in [d for d in args.data.split(",") if d]:

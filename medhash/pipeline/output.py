@@ -56,7 +56,8 @@ class ShardStats:
     worker: str = ""
     pid: int = 0
     torch_threads: int = 0
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # the worker process's peak so far
+    rss_mb: float = 0.0  # the worker process's resident memory when the shard was done
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -83,16 +83,23 @@ class ShardJob:
     tune_malloc: bool = True  # medhash.pipeline.malloc: reuse freed activation memory
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MiB. From /proc's VmHWM rather than getrusage: ru_maxrss
-    survives exec, so a spawned worker would report its parent's peak instead of its own."""
+def _proc_status_mb(key: str) -> float | None:
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) / 1024.0  # kB
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB. From /proc's VmHWM rather than getrusage: ru_maxrss
+    survives exec, so a spawned worker would report its parent's peak instead of its own."""
+    peak = _proc_status_mb("VmHWM:")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no /proc: KiB, but bytes on macOS
     return peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
 
@@ -222,6 +229,7 @@ def encode_shard(shard: ShardPlan, builder: Callable[[], object], out_dir: str |
                      "minor_page_faults": usage.ru_minflt - usage_start.ru_minflt}
         stats.seconds = {**timings.as_dict(), "total": round(time.perf_counter() - start, 4)}
         stats.peak_rss_mb = round(peak_rss_mb(), 1)
+        stats.rss_mb = round(_proc_status_mb("VmRSS:") or 0.0, 1)
         write_shard(ShardFiles.of(Path(out_dir), shard.name), rows, output, stats)
     return stats
 
