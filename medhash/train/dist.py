@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -54,3 +55,13 @@ def all_gather_cat(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+def rank_shard(n: int, seed: int, epoch: int, ctx: DistContext) -> np.ndarray:
+    """This rank's items of one epoch: one seeded permutation shared by all ranks, cut into equal shards.
+
+    Every rank gets the same count (DDP steps must match); the remainder is dropped for this epoch.
+    """
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    per_rank = n // ctx.world_size
+    return perm[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]

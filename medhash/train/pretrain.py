@@ -36,7 +36,7 @@ from medhash.model.c2l import C2L, C2LConfig, mix, mixup_lambda
 from medhash.model.checkpoint import read_payload, weights_id
 from medhash.model.hashnet import AGHashNet
 from medhash.train.data import to_square_uint8
-from medhash.train.dist import DistContext, all_gather_cat, barrier, init_distributed
+from medhash.train.dist import DistContext, all_gather_cat, barrier, init_distributed, rank_shard
 from medhash.train.optim import build_optimizer, build_scheduler
 from medhash.train.trainer import resolve_device, resolve_precision
 
@@ -248,9 +248,7 @@ def _digest(config: PretrainConfig, paths: list[Path]) -> str:
 
 def rank_batches(n: int, batch_size: int, seed: int, epoch: int, ctx: DistContext) -> list[np.ndarray]:
     """This process's full batches of one epoch: one seeded permutation for every rank, sharded by rank."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    per_rank = n // ctx.world_size
-    mine = perm[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
+    mine = rank_shard(n, seed, epoch, ctx)
     return [mine[i * batch_size:(i + 1) * batch_size] for i in range(len(mine) // batch_size)]
 
 

@@ -31,7 +31,7 @@ from medhash.model.losses import pos_weight_from_labels
 from medhash.train.augment import augment_batch
 from medhash.train.config import TrainConfig
 from medhash.train.data import ImageSet, load_image_set
-from medhash.train.dist import DistContext, all_gather_cat, barrier, init_distributed
+from medhash.train.dist import DistContext, barrier, init_distributed, rank_shard
 from medhash.train.optim import build_optimizer, build_scheduler
 from medhash.train.stages import GlobalStage, HashStage, JointStage, LocalStage
 
@@ -176,15 +176,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _rank_batches(self, n: int, batch_size: int, epoch: int) -> list[np.ndarray]:
-        """This rank's batches of one epoch: a seeded permutation shared by all ranks, sharded by rank.
-
-        Every rank gets the same number of full batches (DDP steps must match); the
-        tail that does not fill a batch on every rank is dropped for this epoch.
-        """
-        perm = np.random.default_rng([self.config.seed, epoch]).permutation(n)
-        per_rank = n // self.ctx.world_size
-        mine = perm[self.ctx.rank * per_rank:(self.ctx.rank + 1) * per_rank]
-        n_batches = max(1, len(mine) // batch_size) if len(mine) >= batch_size else (1 if len(mine) else 0)
+        """This rank's full batches of one epoch (one short batch when the shard is smaller than a batch)."""
+        mine = rank_shard(n, self.config.seed, epoch, self.ctx)
+        n_batches = len(mine) // batch_size if len(mine) >= batch_size else min(1, len(mine))
         return [mine[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
 
     def _save_state(self, path: Path, state: dict[str, Any]) -> None:
