@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # medhash, also where it is not installed
+from medhash.bench.machine import machine_info  # noqa: E402
+
 SHARED_DEV = REPO.parent / "shared" / "data" / "nih-cxr14-dev" / "images"
 RESULT = REPO / "benchmarks" / "results" / "encode_throughput.json"
 
@@ -40,19 +42,14 @@ def machine() -> dict:
     import dask
     import distributed
     import pyarrow
-    import torch
 
     from medhash.model.encoder import cpu_supports_bf16
     from medhash.pipeline.cluster import available_cores
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     flags = Path("/proc/cpuinfo").read_text()
-    return {
-        "cpu": cpu, "cores": available_cores(), "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
-        "bf16_native": cpu_supports_bf16(), "python": platform.python_version(), "torch": torch.__version__,
-        "dask": dask.__version__, "distributed": distributed.__version__, "pyarrow": pyarrow.__version__,
-    }
+    return {**machine_info(), "cores": available_cores(), "amx": "amx_tile" in flags,
+            "avx512_bf16": "avx512_bf16" in flags, "bf16_native": cpu_supports_bf16(), "dask": dask.__version__,
+            "distributed": distributed.__version__, "pyarrow": pyarrow.__version__}
 
 
 def build_model(path: Path, images: list[np.ndarray]) -> str:

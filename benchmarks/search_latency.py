@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import faiss  # noqa: E402
 
 from medhash.atomic import write_text_atomic  # noqa: E402
+from medhash.bench.machine import machine_info  # noqa: E402
 
 from medhash.index import BuildConfig, HammingIndex, ThreadPolicy, build_index  # noqa: E402
 from medhash.index.codes_io import write_code_shard, write_codes_manifest  # noqa: E402
@@ -302,13 +302,40 @@ def run_cell(n: int, data: str, codes: np.ndarray, queries: np.ndarray, args, wo
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     import pyarrow
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "faiss": faiss.__version__,
-            "numpy": np.__version__, "pyarrow": pyarrow.__version__, "platform": platform.platform(),
+    return {**machine_info(), "pyarrow": pyarrow.__version__,
             "faiss_simd": faiss.SIMDConfig.get_level_name() if hasattr(faiss, "SIMDConfig") else None}
+
+
+def merge_previous(result: dict, previous: dict) -> None:
+    """Carry over the previous file's cells that this run did not measure (and its build memory, OpenMP study)."""
+    measured = {(r["n"], r["data"]) for r in result["rows"]}
+    result["rows"] = [r for r in previous.get("rows", []) if (r["n"], r["data"]) not in measured] + result["rows"]
+    result["rows"].sort(key=lambda r: (r["n"], r["data"] != "random"))
+    for key, notes in previous.get("cells", {}).items():
+        if key not in result["cells"]:
+            result["cells"][key] = {**notes, "measured": notes.get("measured", previous.get("started"))}
+    for key in ("build_memory", "build_memory_history", "omp_study"):
+        if key not in result and key in previous:
+            result[key] = previous[key]
+    result["merged_from"] = previous.get("started")
+
+
+def update_build_memory(out: Path, n: int, rng, work: Path) -> None:
+    result = json.loads(out.read_text())
+    write_shards(work / "mem-codes", random_codes(rng, n))
+    try:
+        entry = {"n": n, **build_memory(work / "mem-codes", work)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    entry["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    entry["medhash_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                             capture_output=True, text=True).stdout.strip()
+    result.setdefault("build_memory_history", []).append(result.get("build_memory"))
+    result["build_memory"] = entry
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"build_memory": entry}))
 
 
 def main() -> None:
@@ -327,6 +354,10 @@ def main() -> None:
     ap.add_argument("--flip", type=float, default=0.06, help="bit-flip probability around each centre")
     ap.add_argument("--clustered-codes", help="codes folder whose codes become the cluster centres")
     ap.add_argument("--memory-n", type=int, default=None, help="build-memory size (default: the largest size; 0 skips)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep --out's rows of the (n, data) cells not measured in this run (each cell records its run)")
+    ap.add_argument("--update-build-memory", action="store_true",
+                    help="only re-measure build memory at --memory-n and replace that entry of --out (rows kept)")
     ap.add_argument("--omp-study-n", type=int, default=1_000_000)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_latency.json"))
@@ -340,6 +371,9 @@ def main() -> None:
 
     result = {"machine": machine(), "k": K, "bits": BITS, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "thread_policy": ThreadPolicy().__dict__, "rows": [], "cells": {}}
+    if args.update_build_memory:  # memory does not depend on the machine's load; latency rows do
+        update_build_memory(Path(args.out), args.memory_n or max(sizes, default=10_000_000), rng, work)
+        return
     centers, clustered_note = load_centers(args, rng)
     result["data_note"] = {"random": "uniform random 64-bit codes", "clustered": clustered_note,
                            "queries": "fresh draws from the same distribution (not indexed codes)"}
@@ -370,6 +404,10 @@ def main() -> None:
         f"2-core machine shared with other work: 1/5/15-min load averages {tuple(round(x, 2) for x in load_start)} "
         f"at start and {tuple(round(x, 2) for x in os.getloadavg())} at the end. Single-query latencies are measured "
         "in interleaved blocks so that load hits every kind alike; absolute numbers vary with that load.")
+    for notes in result["cells"].values():
+        notes["measured"] = result["started"]
+    if args.merge and Path(args.out).exists():
+        merge_previous(result, json.loads(Path(args.out).read_text()))
     write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out} in {result['seconds']} s")
 

@@ -65,3 +65,7 @@ class PipelineError(MedhashError):
 
 class GpuUnavailableError(MedhashError):
     """GPU work was asked for where faiss has no GPU support or no GPU is visible (the reason says which)."""
+
+
+class ArchiveAccessError(MedhashError):
+    """The server will not read an archived image: no archive root, outside it, or missing."""

@@ -21,3 +21,11 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "nih-cxr14-dev" / "labels.csv").exists():
         pytest.skip(f"shared data not found at {SHARED_DATA} (present in CI; absent on a user's machine)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def served_archive(tmp_path_factory):
+    """A small phantom archive with a tiny model and a flat index (see tests/serve_support.py)."""
+    from serve_support import make_served_archive
+
+    return make_served_archive(tmp_path_factory.mktemp("served"))

@@ -109,7 +109,7 @@ def test_build_writes_folder_bound_to_model_and_bits(data, tmp_path):
 
 def test_parameters_are_chosen_from_the_size():
     small, large = KINDS["ivf"].default_params(10_000, 64), KINDS["ivf"].default_params(1_000_000, 64)
-    assert small["nlist"] < large["nlist"] == 1024
+    assert small["nlist"] < large["nlist"] == 4096 == KINDS["ivf"].default_params(10_000_000, 64)["nlist"]
     mih = KINDS["multihash"].default_params(1_000_000, 64)
     assert mih["nhash"] * mih["b"] <= 64 and mih["b"] == 16
     assert KINDS["multihash"].default_params(1_000, 64)["b"] < mih["b"]

@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "medhash.cli.encode_cmds",
     "medhash.cli.index_cmds",
     "medhash.cli.query_cmds",
+    "medhash.cli.serve_cmds",
+    "medhash.cli.bench_cmds",
 ]
 
 

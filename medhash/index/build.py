@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medhash.errors import DuplicateImageIdError, IndexManifestError
+from medhash.index.arrow_memory import lean_arrow_memory
 from medhash.index.codes_io import BATCH_ROWS, CodeShard, iter_batches, open_shards
 from medhash.index.idmap import open_id_writer
 from medhash.index.idset import IdHashes, confirm_duplicates
@@ -77,7 +78,7 @@ def scan_inputs(shards: list[CodeShard], sample_rows: int, batch_rows: int, seed
 
 def build_index(codes_dir: str | Path, out_dir: str | Path, config: BuildConfig = BuildConfig()) -> IndexManifest:
     """Build an index folder from a codes folder; returns the written manifest."""
-    with omp_threads(config.threads):
+    with omp_threads(config.threads), lean_arrow_memory():
         return _build(Path(codes_dir), Path(out_dir), config)
 
 

@@ -139,6 +139,13 @@ class HammingIndex:
             raise IndexManifestError(self.index_dir, "FAISS returned labels missing from ids.parquet")
         return rows
 
+    def row_of(self, image_id: str) -> int | None:
+        """The ids.parquet row of an image id, or None (a linear scan: ~5 ms per million rows)."""
+        import pyarrow.compute as pc
+
+        row = pc.index(self._image_ids, value=pa.scalar(image_id, pa.string())).as_py()
+        return None if row is None or row < 0 else int(row)
+
     def records(self, rows: np.ndarray) -> list[IdRecord]:
         """image_id, path, labels and box of the given rows (ids.parquet is read on first use)."""
         if self._table is None:

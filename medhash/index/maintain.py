@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medhash.errors import DuplicateImageIdError, IndexManifestError
+from medhash.index.arrow_memory import lean_arrow_memory
 from medhash.index.codes_io import iter_batches, open_shards
 from medhash.index.idmap import copy_rows_except, iter_id_batches, open_id_writer, rows_of_image_ids
 from medhash.index.idset import find_duplicates
@@ -55,7 +56,7 @@ def _commit(index_dir: Path, index, manifest: IndexManifest, rows: int) -> None:
 def add_codes(index_dir: str | Path, codes_dir: str | Path, *, replace: bool = False) -> UpdateReport:
     """Add the rows of a codes folder. Refuses another model_id or bit length, and image ids already
     indexed unless replace=True (then their old rows are removed first)."""
-    with omp_threads(1):  # see BuildConfig.threads for why
+    with omp_threads(1), lean_arrow_memory():  # see BuildConfig.threads for why
         return _add(Path(index_dir), Path(codes_dir), replace)
 
 
@@ -106,7 +107,7 @@ def _add(index_dir: Path, codes_dir: Path, replace: bool) -> UpdateReport:
 
 def remove_images(index_dir: str | Path, image_ids: list[str]) -> UpdateReport:
     """Remove the rows of the given image ids; ids not in the index are reported, not an error."""
-    with omp_threads(1):
+    with omp_threads(1), lean_arrow_memory():
         return _remove(Path(index_dir), list(image_ids))
 
 

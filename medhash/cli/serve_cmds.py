@@ -1,0 +1,42 @@
+"""`medhash serve`: parse options, call medhash.serve.run_server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("serve")
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind. The default serves this machine only; 0.0.0.0 exposes the archive to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--token", envvar="MEDHASH_TOKEN", default=None,
+              help="Bearer token required on /v1/* and /metrics (or set MEDHASH_TOKEN, which keeps it out of `ps`).")
+@click.option("--archive-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of the archived images; thumbnails are served only from under it (none without it).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--engine", default="auto", show_default=True, help="fp32, fp32-cl, bf16, fp16 or auto (fastest).")
+@click.option("--threads", "torch_threads", type=click.IntRange(min=1), default=None, help="Torch threads (default: all cores).")
+@click.option("--mmap", is_flag=True, help="Memory-map the index where its kind allows.")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=32.0, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Concurrent uploads encoded together in one forward pass, at most.")
+@click.option("--max-k", type=click.IntRange(min=1), default=10_000, show_default=True)
+def serve_cmd(index_dir, model_path, host, port, token, archive_root, device, engine, torch_threads, mmap, max_upload_mb,
+              max_batch, max_k) -> None:
+    """Serve similar-case search over HTTP: API at /v1, page at /, OpenAPI at /docs."""
+    from medhash.serve import ServeConfig, run_server
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        click.echo(f"warning: binding {host} without --token: anyone who reaches this port can search the archive",
+                   err=True)
+    run_server(ServeConfig(index=str(index_dir), model=str(model_path), host=host, port=port, token=token,
+                           archive_root=str(archive_root) if archive_root else None, device=device, engine=engine,
+                           torch_threads=torch_threads, mmap=mmap, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                           max_batch=max_batch, max_k=max_k))
+
+
+commands = [serve_cmd]

@@ -1,0 +1,124 @@
+"""create_app(service): the FastAPI application over a SearchService (routes, auth, limits, metrics)."""
+
+# No `from __future__ import annotations`: FastAPI must see the closures' Depends(bearer) objects.
+import contextlib
+import secrets
+import time
+from importlib import resources
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile, status
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from medhash import __version__
+from medhash.errors import ArchiveAccessError, ImageDecodeError
+from medhash.serve.limits import BodySizeLimit
+from medhash.serve.schemas import Health, Info, SearchResponse
+from medhash.serve.service import BadQueryError, SearchService
+
+PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
+ERRORS = {401: {"description": "Missing or wrong bearer token"}}
+
+
+def _page() -> str:
+    return resources.files("medhash.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(service: SearchService) -> FastAPI:
+    config = service.config
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        service.close()
+
+    app = FastAPI(title="medhash", version=__version__, lifespan=lifespan,
+                  description="Content-based retrieval of chest radiographs by deep hashing: upload a study, "
+                              "get the most similar archived cases by Hamming distance, with saliency boxes.")
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_upload_bytes)
+    bearer = HTTPBearer(auto_error=False, description="Required when the server was started with --token")
+
+    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if config.token is None:
+            return
+        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), config.token.encode()):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    authorized = [Depends(require_token)]
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        service.metrics.requests.labels(name, request.method, str(response.status_code)).inc()
+        service.metrics.latency.labels(name).observe(time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(ImageDecodeError)
+    async def bad_image(_: Request, exc: ImageDecodeError):
+        return JSONResponse({"detail": str(exc), "kind": exc.kind}, status_code=400)
+
+    @app.exception_handler(BadQueryError)
+    async def bad_query(_: Request, exc: BadQueryError):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return _page()
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    async def healthz() -> Health:
+        return Health(status="ok", count=len(service.index))
+
+    @app.get("/metrics", dependencies=authorized, tags=["operations"], responses=ERRORS,
+             response_class=Response, summary="Prometheus metrics (text exposition format)")
+    async def metrics() -> Response:
+        service.metrics.encoder_queue.set(service.batcher.pending())
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    @app.get("/v1/info", response_model=Info, dependencies=authorized, tags=["search"], responses=ERRORS)
+    async def info() -> Info:
+        return service.info()
+
+    @app.post("/v1/search", response_model=SearchResponse, dependencies=authorized, tags=["search"],
+              responses={**ERRORS, 400: {"description": "The image could not be decoded"},
+                         413: {"description": "Upload larger than the server's limit"},
+                         422: {"description": "Neither image nor code, both, a bad code or a bad k"}})
+    async def search(
+        image: Annotated[UploadFile | None, File(description="A radiograph: PNG, JPEG or DICOM")] = None,
+        code: Annotated[str | None, Form(description="A code instead of an image: hex or base64")] = None,
+        k: Annotated[int | None, Form(ge=1, description="Hits to return (default: the server's)")] = None,
+        with_ties: Annotated[bool, Form(description="Also return every item at the k-th distance")] = False,
+        overlay: Annotated[bool, Form(description="Return the query's saliency overlay as a data: URL")] = False,
+    ) -> SearchResponse:
+        """Search by an uploaded image (encoded by the server's model) or by a code."""
+        if (image is None) == (code is None):
+            raise BadQueryError("send exactly one of `image` (a file) or `code` (hex or base64)")
+        if code is not None:
+            return await service.search_code(code, k, with_ties)
+        data = await image.read()
+        if not data:
+            raise BadQueryError(f"uploaded file {image.filename or 'image'} is empty")
+        return await service.search_image(data, image.filename or "upload", k, with_ties, overlay)
+
+    @app.get("/v1/images/{image_id}", dependencies=authorized, tags=["search"], response_class=Response,
+             responses={**PNG, **ERRORS, 404: {"description": "Unknown id, or its file is not in the archive"}})
+    async def archived_image(
+        image_id: Annotated[str, Path(description="An image id of the index")],
+        overlay: Annotated[bool, Query(description="Draw the saliency map and crop box")] = False,
+        size: Annotated[int | None, Query(ge=16, le=1024, description="Longest side in pixels")] = None,
+    ) -> Response:
+        """A thumbnail of an archived image, read only from under the server's --archive-root."""
+        try:
+            png = await service.thumbnail(image_id, overlay, size)
+        except KeyError:
+            raise HTTPException(404, f"no image {image_id!r} in the index") from None
+        except ArchiveAccessError as exc:
+            raise HTTPException(404, f"image {image_id!r} is not served: {exc}") from None
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    return app

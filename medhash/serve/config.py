@@ -1,0 +1,31 @@
+"""ServeConfig: everything `medhash serve` can be told, in one dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    index: str  # index folder (medhash index build)
+    model: str  # checkpoint whose model_id matches the index's
+    host: str = "127.0.0.1"  # loopback by default: exposing the archive is the operator's explicit choice
+    port: int = 8000
+    token: str | None = None  # bearer token for /v1/* and /metrics; None = no authentication
+    archive_root: str | None = None  # images are served only from under this folder; None = no thumbnails
+    device: str = "cpu"
+    engine: str = "auto"  # medhash.model.encoder.ENGINES; auto = the fastest the device offers
+    torch_threads: int | None = None  # None: every core (the server is assumed to own the machine)
+    mmap: bool = False
+    max_upload_bytes: int = 32 * 1024 * 1024  # one DICOM of a 3000x3000 film at 16 bits is ~18 MB
+    max_pixels: int | None = None  # None: medhash.data.decode.DEFAULT_MAX_PIXELS
+    default_k: int = 10
+    max_k: int = 10_000  # bench asks for whole rankings on small indexes; bounded to keep responses finite
+    max_batch: int = 16  # concurrent uploads encoded together, at most this many per forward pass
+    thumbnail_size: int = 256  # longest side of /v1/images thumbnails, unless the request asks for another
+    cache_items: int = 512  # rendered thumbnails kept in memory
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["token"] = "***" if self.token else None  # never echoed
+        return out

@@ -1,0 +1,252 @@
+"""SearchService: what the server does, without HTTP (the app and in-process `medhash bench` call it).
+
+Decoding and searching run in worker threads, encoding in the EncodeBatcher's thread, so the event
+loop only moves bytes. Every image the server reads comes through ArchiveFiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
+
+import numpy as np
+
+from medhash import __version__
+from medhash.errors import ArchiveAccessError, ImageDecodeError
+from medhash.serve.archive import ArchiveFiles
+from medhash.serve.batcher import EncodeBatcher, EncodedImage
+from medhash.serve.config import ServeConfig
+from medhash.serve.metrics import ServeMetrics
+from medhash.serve.schemas import Hit, Info, Prediction, Query, SearchResponse
+
+log = logging.getLogger(__name__)
+
+QUERY_OVERLAY_SIDE = 512
+
+
+class BadQueryError(ValueError):
+    """The request's query (code or parameters) is malformed: HTTP 422."""
+
+
+def parse_code(text: str, bits: int) -> np.ndarray:
+    """A code given as hex (bits/4 characters) or base64 -> uint8 [bits/8]."""
+    text = text.strip()
+    nbytes = bits // 8
+    raw: bytes | None = None
+    if len(text) == 2 * nbytes:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raw = None
+    if raw is None:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadQueryError(f"code is neither {2 * nbytes} hex digits nor base64 of {nbytes} bytes") from None
+    if len(raw) != nbytes:
+        raise BadQueryError(f"code has {len(raw)} bytes; this index holds {bits}-bit codes ({nbytes} bytes)")
+    return np.frombuffer(raw, dtype=np.uint8)
+
+
+class LruCache:
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+
+class SearchService:
+    def __init__(self, index, encoder, config: ServeConfig):
+        from medhash.index.query import check_model
+
+        check_model(index, encoder)
+        self.index, self.encoder, self.config = index, encoder, config
+        self.archive = ArchiveFiles(config.archive_root)
+        self.metrics = ServeMetrics()
+        self.metrics.index_size.set(len(index))
+        self.batcher = EncodeBatcher(encoder.encode_images, config.max_batch, self.metrics.observe_batch)
+        # FAISS releases the GIL; two threads let a long scan not block short ones (its own OpenMP is 1 thread).
+        self._search_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="medhash-search")
+        self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medhash-io")
+        self._rows = LruCache(65536)  # image_id -> row, filled by searches (thumbnails follow them)
+        self._thumbnails = LruCache(config.cache_items)
+
+    @classmethod
+    def open(cls, config: ServeConfig) -> "SearchService":
+        import torch
+
+        from medhash.index import HammingIndex
+        from medhash.model import load_encoder
+
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        index = HammingIndex(config.index, mmap=config.mmap)
+        encoder = load_encoder(config.model, device=config.device, engine=config.engine, batch_size=config.max_batch)
+        return cls(index, encoder, config)
+
+    def close(self) -> None:
+        self.batcher.close()
+        self._search_pool.shutdown(wait=False)
+        self._io_pool.shutdown(wait=False)
+
+    # -- facts ------------------------------------------------------------------------------------
+    def info(self) -> Info:
+        import faiss
+
+        m = self.index.manifest
+        return Info(model_id=m.model_id, bits=m.bits, kind=m.kind, count=len(self.index), index_created=m.created_at or None,
+                    engine=self.encoder.engine, device=str(self.encoder.device), max_k=self.config.max_k,
+                    max_upload_bytes=self.config.max_upload_bytes, thumbnails=self.archive.enabled,
+                    medhash_version=__version__, faiss_version=getattr(faiss, "__version__", None))
+
+    # -- search -----------------------------------------------------------------------------------
+    def check_k(self, k: int | None) -> int:
+        k = self.config.default_k if k is None else k
+        if not 1 <= k <= self.config.max_k:
+            raise BadQueryError(f"k must be between 1 and {self.config.max_k}, got {k}")
+        return k
+
+    async def decode(self, data: bytes, name: str) -> np.ndarray:
+        from medhash.data import read_image
+        from medhash.data.decode import DEFAULT_MAX_PIXELS
+
+        limit = self.config.max_pixels or DEFAULT_MAX_PIXELS
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._io_pool, lambda: read_image(data, name=name, max_pixels=limit))
+        except ImageDecodeError as exc:
+            self.metrics.bad_images.labels(exc.kind).inc()
+            raise
+
+    async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
+                           overlay: bool = False) -> SearchResponse:
+        """Decode an uploaded image, encode it (batched with concurrent requests) and search."""
+        k = self.check_k(k)
+        t0 = time.perf_counter()
+        image = await self.decode(data, name)
+        t1 = time.perf_counter()
+        self.metrics.encoder_queue.set(self.batcher.pending())
+        encoded = await self.batcher.encode(image)
+        t2 = time.perf_counter()
+        hits, search_s = await self._search(encoded.code, k, with_ties)
+        query = Query(kind="image", code_hex=encoded.code.tobytes().hex(), box=encoded.box, width=int(image.shape[1]),
+                      height=int(image.shape[0]), predicted=self._predictions(encoded))
+        if overlay:
+            query.overlay_png = await asyncio.get_running_loop().run_in_executor(
+                self._io_pool, self._query_overlay, image, encoded)
+        timings = {"decode": t1 - t0, "encode": t2 - t1, "search": search_s, "total": time.perf_counter() - t0}
+        self._observe("image", timings)
+        return self._response(query, hits, k, with_ties, timings)
+
+    async def search_code(self, code: str | np.ndarray, k: int | None = None, with_ties: bool = False) -> SearchResponse:
+        """Search with a code the client already has (hex or base64 text, or uint8 [bits/8])."""
+        k = self.check_k(k)
+        t0 = time.perf_counter()
+        code = parse_code(code, self.index.bits) if isinstance(code, str) else np.asarray(code, np.uint8)
+        hits, search_s = await self._search(code, k, with_ties)
+        timings = {"search": search_s, "total": time.perf_counter() - t0}
+        self._observe("code", timings)
+        return self._response(Query(kind="code", code_hex=code.tobytes().hex()), hits, k, with_ties, timings)
+
+    async def _search(self, code: np.ndarray, k: int, with_ties: bool) -> tuple[list[Hit], float]:
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        hits = await loop.run_in_executor(self._search_pool, self._search_sync, code, k, with_ties)
+        return hits, time.perf_counter() - t0
+
+    def _search_sync(self, code: np.ndarray, k: int, with_ties: bool) -> list[Hit]:
+        found = self.index.search(code[None, :], k, with_ties=with_ties)[0]
+        records = self.index.records(found.rows)
+        thumbs = self.archive.enabled
+        hits = []
+        for rank, (rec, dist) in enumerate(zip(records, found.distances), start=1):
+            self._rows.put(rec.image_id, rec.row)
+            url = f"/v1/images/{quote(rec.image_id, safe='')}" if thumbs else None
+            hits.append(Hit(rank=rank, image_id=rec.image_id, distance=int(dist), labels=list(rec.labels),
+                            box=rec.box, thumbnail_url=url, overlay_url=f"{url}?overlay=true" if url else None))
+        return hits
+
+    def _predictions(self, encoded: EncodedImage) -> list[Prediction]:
+        probs = 1.0 / (1.0 + np.exp(-encoded.logits.astype(np.float64)))
+        order = np.argsort(-probs)
+        return [Prediction(label=self.encoder.classes[i], probability=round(float(probs[i]), 4))
+                for i in order if probs[i] >= 0.5]
+
+    def _query_overlay(self, image: np.ndarray, encoded: EncodedImage) -> str:
+        from medhash.index.overlay import render_overlay
+
+        picture = render_overlay(image, encoded.box, encoded.saliency)
+        picture.thumbnail((QUERY_OVERLAY_SIDE, QUERY_OVERLAY_SIDE))
+        return "data:image/png;base64," + base64.b64encode(_png_bytes(picture)).decode("ascii")
+
+    def _response(self, query: Query, hits: list[Hit], k: int, with_ties: bool, timings: dict) -> SearchResponse:
+        return SearchResponse(model_id=self.index.model_id, bits=self.index.bits, k=k, with_ties=with_ties, query=query,
+                              hits=hits, timings_ms={name: round(s * 1000, 3) for name, s in timings.items()})
+
+    def _observe(self, kind: str, timings: dict) -> None:
+        self.metrics.searches.labels(kind).inc()
+        for stage, seconds in timings.items():
+            self.metrics.stage.labels(stage).observe(seconds)
+
+    # -- archived images --------------------------------------------------------------------------
+    async def thumbnail(self, image_id: str, overlay: bool = False, size: int | None = None) -> bytes:
+        """PNG of an archived image (longest side `size`), optionally with its saliency map and box.
+
+        Raises KeyError for an id the index does not hold, ArchiveAccessError when the file may not be read.
+        """
+        size = size or self.config.thumbnail_size
+        key = (image_id, bool(overlay), size)
+        cached = self._thumbnails.get(key)
+        if cached is not None:
+            return cached
+        row = self._rows.get(image_id)
+        loop = asyncio.get_running_loop()
+        if row is None:
+            row = await loop.run_in_executor(self._io_pool, self.index.row_of, image_id)
+            if row is None:
+                raise KeyError(image_id)
+        record = self.index.records(np.array([row]))[0]
+        path = self.archive.resolve(record.path)
+        try:
+            image = await self.decode(path.read_bytes(), path.name)
+        except ImageDecodeError as exc:
+            raise ArchiveAccessError(f"archived image {image_id} cannot be decoded: {exc.kind}") from None
+        encoded = await self.batcher.encode(image) if overlay else None
+        png = await loop.run_in_executor(self._io_pool, _render_thumbnail, image, encoded, record.box, size)
+        self._thumbnails.put(key, png)
+        return png
+
+
+def _render_thumbnail(image: np.ndarray, encoded: EncodedImage | None, box, size: int) -> bytes:
+    from medhash.index.overlay import render_overlay
+
+    if encoded is None:
+        picture = render_overlay(image)
+    else:  # the overlay re-encodes the image: hits store their box, not their saliency map
+        picture = render_overlay(image, encoded.box, encoded.saliency)
+    picture.thumbnail((size, size))
+    return _png_bytes(picture)
+
+
+def _png_bytes(picture) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
