@@ -309,3 +309,18 @@ def test_serve_cli_refuses_a_model_of_another_index(served_archive, tmp_path):
     assert result.exit_code != 0
     assert "is not the model this index was built with" in str(result.exception) + result.output
     assert os.environ.get("MEDHASH_TOKEN") is None
+
+
+def test_search_parameters_are_settable_per_query(served_archive, tmp_path):
+    build_index(served_archive.root / "codes", tmp_path / "ivf", BuildConfig(kind="ivf", params={"nlist": 4, "nprobe": 1}))
+    codes = archived_codes(served_archive)
+    exact = sorted(hamming(codes[7], c) for c in codes)[:10]
+    with live_server(replace(served_archive, index_dir=tmp_path / "ivf").config()) as url:
+        def distances(**extra) -> list[int]:
+            r = httpx.post(f"{url}/v1/search", data={"code": codes[7].tobytes().hex(), "k": "10", **extra})
+            assert r.status_code == 200, r.text
+            return [h["distance"] for h in r.json()["hits"]]
+
+        assert distances(nprobe="4") == exact  # every list visited: exact
+        assert all(d >= e for d, e in zip(distances(nprobe="1"), exact))  # one list: never closer than exact
+        assert httpx.post(f"{url}/v1/search", data={"code": codes[7].tobytes().hex(), "nprobe": "0"}).status_code == 422

@@ -28,7 +28,22 @@ COMMAND_MODULES = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class MedhashGroup(click.Group):
+    """Turns medhash's own errors (which name the file and the problem) into one clean line and exit 1;
+    -vv keeps the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from medhash.errors import MedhashError
+
+        try:
+            return super().invoke(ctx)
+        except MedhashError as exc:
+            if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=MedhashGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="medhash")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from medhash import __version__
 from medhash.errors import ArchiveAccessError, ImageDecodeError
+from medhash.index.neighbors import SearchParams
 from medhash.serve.limits import BodySizeLimit
 from medhash.serve.schemas import Health, Info, SearchResponse
 from medhash.serve.service import BadQueryError, SearchService
@@ -94,16 +95,19 @@ def create_app(service: SearchService) -> FastAPI:
         k: Annotated[int | None, Form(ge=1, description="Hits to return (default: the server's)")] = None,
         with_ties: Annotated[bool, Form(description="Also return every item at the k-th distance")] = False,
         overlay: Annotated[bool, Form(description="Return the query's saliency overlay as a data: URL")] = False,
+        nprobe: Annotated[int | None, Form(ge=1, description="IVF index: inverted lists to visit")] = None,
+        ef_search: Annotated[int | None, Form(ge=1, description="HNSW index: candidate list size")] = None,
     ) -> SearchResponse:
         """Search by an uploaded image (encoded by the server's model) or by a code."""
         if (image is None) == (code is None):
             raise BadQueryError("send exactly one of `image` (a file) or `code` (hex or base64)")
+        params = SearchParams(nprobe=nprobe, ef_search=ef_search)
         if code is not None:
-            return await service.search_code(code, k, with_ties)
+            return await service.search_code(code, k, with_ties, params)
         data = await image.read()
         if not data:
             raise BadQueryError(f"uploaded file {image.filename or 'image'} is empty")
-        return await service.search_image(data, image.filename or "upload", k, with_ties, overlay)
+        return await service.search_image(data, image.filename or "upload", k, with_ties, overlay, params)
 
     @app.get("/v1/images/{image_id}", dependencies=authorized, tags=["search"], response_class=Response,
              responses={**PNG, **ERRORS, 404: {"description": "Unknown id, or its file is not in the archive"}})

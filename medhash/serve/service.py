@@ -20,6 +20,7 @@ import numpy as np
 
 from medhash import __version__
 from medhash.errors import ArchiveAccessError, ImageDecodeError
+from medhash.index.neighbors import SearchParams
 from medhash.serve.archive import ArchiveFiles
 from medhash.serve.batcher import EncodeBatcher, EncodedImage
 from medhash.serve.config import ServeConfig
@@ -137,7 +138,7 @@ class SearchService:
             raise
 
     async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
-                           overlay: bool = False) -> SearchResponse:
+                           overlay: bool = False, params: SearchParams = SearchParams()) -> SearchResponse:
         """Decode an uploaded image, encode it (batched with concurrent requests) and search."""
         k = self.check_k(k)
         t0 = time.perf_counter()
@@ -146,7 +147,7 @@ class SearchService:
         self.metrics.encoder_queue.set(self.batcher.pending())
         encoded = await self.batcher.encode(image)
         t2 = time.perf_counter()
-        hits, search_s = await self._search(encoded.code, k, with_ties)
+        hits, search_s = await self._search(encoded.code, k, with_ties, params)
         query = Query(kind="image", code_hex=encoded.code.tobytes().hex(), box=encoded.box, width=int(image.shape[1]),
                       height=int(image.shape[0]), predicted=self._predictions(encoded))
         if overlay:
@@ -156,24 +157,26 @@ class SearchService:
         self._observe("image", timings)
         return self._response(query, hits, k, with_ties, timings)
 
-    async def search_code(self, code: str | np.ndarray, k: int | None = None, with_ties: bool = False) -> SearchResponse:
+    async def search_code(self, code: str | np.ndarray, k: int | None = None, with_ties: bool = False,
+                          params: SearchParams = SearchParams()) -> SearchResponse:
         """Search with a code the client already has (hex or base64 text, or uint8 [bits/8])."""
         k = self.check_k(k)
         t0 = time.perf_counter()
         code = parse_code(code, self.index.bits) if isinstance(code, str) else np.asarray(code, np.uint8)
-        hits, search_s = await self._search(code, k, with_ties)
+        hits, search_s = await self._search(code, k, with_ties, params)
         timings = {"search": search_s, "total": time.perf_counter() - t0}
         self._observe("code", timings)
         return self._response(Query(kind="code", code_hex=code.tobytes().hex()), hits, k, with_ties, timings)
 
-    async def _search(self, code: np.ndarray, k: int, with_ties: bool) -> tuple[list[Hit], float]:
+    async def _search(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams) -> tuple[list[Hit], float]:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
-        hits = await loop.run_in_executor(self._search_pool, self._search_sync, code, k, with_ties)
+        hits = await loop.run_in_executor(self._search_pool, self._search_sync, code, k, with_ties, params)
         return hits, time.perf_counter() - t0
 
-    def _search_sync(self, code: np.ndarray, k: int, with_ties: bool) -> list[Hit]:
-        found = self.index.search(code[None, :], k, with_ties=with_ties)[0]
+    def _search_sync(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams) -> list[Hit]:
+        found = self.index.search(code[None, :], k, with_ties=with_ties, nprobe=params.nprobe,
+                                  ef_search=params.ef_search)[0]
         records = self.index.records(found.rows)
         thumbs = self.archive.enabled
         hits = []
