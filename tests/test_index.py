@@ -476,3 +476,26 @@ def test_query_cli_json(model_and_archive):
     assert out[0]["hits"][0]["image_id"] == "case00" and len(out[0]["hits"]) == 3
     table = CliRunner().invoke(query_cmd, ["--index", str(root / "idx"), "--model", str(model_path), str(paths[0])])
     assert "case00" in table.output and "distance" in table.output
+
+
+def test_row_of_finds_image_ids_after_removal(data, tmp_path):
+    codes, ids, folder = data["random"]
+    build_index(folder, tmp_path / "idx", BuildConfig(kind="ivf", params={"nlist": 8}))
+    index = HammingIndex(tmp_path / "idx")
+    assert index.row_of(ids[10]) == 10 and index.row_of("not-an-id") is None
+    index.remove([ids[3]])
+    assert index.row_of(ids[3]) is None and index.row_of(ids[10]) == 9  # rows shift, the id still maps to its record
+    assert index.records(np.array([index.row_of(ids[10])]))[0].image_id == ids[10]
+
+
+def test_build_memory_pool_is_restored():
+    import pyarrow as pa
+
+    from medhash.index.arrow_memory import lean_arrow_memory
+
+    before = pa.default_memory_pool().backend_name
+    with lean_arrow_memory():
+        inside = pa.default_memory_pool().backend_name
+        pa.array(np.arange(1000))  # allocations inside work
+    assert pa.default_memory_pool().backend_name == before
+    assert inside in ("jemalloc", before)  # jemalloc where Arrow has it, unchanged otherwise

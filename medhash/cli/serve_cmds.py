@@ -27,7 +27,7 @@ import click
 @click.option("--max-k", type=click.IntRange(min=1), default=10_000, show_default=True)
 def serve_cmd(index_dir, model_path, host, port, token, archive_root, device, engine, torch_threads, mmap, max_upload_mb,
               max_batch, max_k) -> None:
-    """Serve similar-case search over HTTP: API at /v1, page at /, OpenAPI at /docs."""
+    """Serve similar-case search over HTTP: API at /v1, page at /, OpenAPI schema at /openapi.json."""
     from medhash.serve import ServeConfig, run_server
 
     if host not in ("127.0.0.1", "localhost", "::1") and not token:

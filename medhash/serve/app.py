@@ -33,7 +33,9 @@ def create_app(service: SearchService) -> FastAPI:
         yield
         service.close()
 
-    app = FastAPI(title="medhash", version=__version__, lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, which an offline hospital
+    # machine cannot reach (and should not be made to try). /openapi.json is served for any client.
+    app = FastAPI(title="medhash", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Content-based retrieval of chest radiographs by deep hashing: upload a study, "
                               "get the most similar archived cases by Hamming distance, with saliency boxes.")
     app.state.service = service
