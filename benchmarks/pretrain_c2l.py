@@ -97,10 +97,17 @@ def curve_note(losses: list[float], map_c2l: float, map_random: float, mode: str
     tail = max(1, len(losses) // 10)
     if len(losses) >= 2 * tail + 1:
         before, last = sum(losses[-2 * tail:-tail]) / tail, sum(losses[-tail:]) / tail
-        falling = last < before * 0.99
-        parts.append(f"Pretraining loss {losses[0]:.3f} -> {losses[-1]:.3f} (log(K+1) = {math.log(queue + 1):.3f} is chance); "
-                     f"over the last {tail} epoch(s) it went {before:.3f} -> {last:.3f}: "
-                     + ("still falling, so longer pretraining should help." if falling else "flat, so more epochs alone are unlikely to help."))
+        trend = "falling" if last < before * 0.99 else "rising" if last > before * 1.01 else "flat"
+        best = min(range(len(losses)), key=losses.__getitem__)
+        parts.append(f"Pretraining loss {losses[0]:.3f} -> {losses[-1]:.3f} (log(K+1) = {math.log(queue + 1):.3f} is chance; "
+                     f"lowest {losses[best]:.3f} at epoch {best + 1}); over the last {tail} epoch(s) it went "
+                     f"{before:.3f} -> {last:.3f}: " + {
+                         "falling": "still falling, so longer pretraining should help.",
+                         "flat": "flat, so more epochs alone are unlikely to help.",
+                         "rising": "rising. With the queue capped at the data size every other image is a negative "
+                                   "and the momentum encoder's keys spread as it learns, so the loss is a poor progress "
+                                   "measure here; the downstream mAP is the one to trust. More unlabeled images (a real "
+                                   "16,384-key queue) and a larger batch are the levers."}[trend])
     if delta <= 0:
         parts.append(f"At this data size ({n_images} unlabeled images, queue capped at {queue} negatives vs 16384 in the "
                      "recipe) the levers are more unlabeled radiographs (e.g. all of NIH ChestX-ray14), longer "

@@ -6,7 +6,9 @@
 For each size n and data distribution (uniform random 64-bit codes; clustered codes = cluster
 centres with independent bit flips, or real codes from --clustered-codes replicated with bit
 noise), the codes are written as Parquet shards in the pipeline layout and every kind is built
-from them with `build_index`, then searched through `HammingIndex.search` (id mapping included).
+from them with `build_index`, then searched through `HammingIndex.search`, which returns rows and
+distances (image ids are looked up on first access; that lookup is timed separately per cell as
+`image_id_lookup_ms_p50`, 100 ids from ids.parquet's id column).
 Single-query latencies are measured in interleaved blocks (every kind in turn), so a load spike
 from other work on the machine hits all kinds alike. Recall counts ties: a returned item at the
 exact k-th distance or closer is a hit. Approximate kinds are swept (nprobe / ef_search) and
@@ -277,6 +279,15 @@ def run_cell(n: int, data: str, codes: np.ndarray, queries: np.ndarray, args, wo
                       "index_bytes": (idx_dir / "index.faiss").stat().st_size, "sweep": tried,
                       "exact": kind in ("flat", "multihash")}
     shutil.rmtree(codes_dir)
+
+    if "flat" in searchers:  # what reading the hits' image ids adds (the server reads whole records instead)
+        lookups = []
+        for q in queries[:200]:
+            hits = searchers["flat"].index.search(q, K)[0]
+            t = time.perf_counter()
+            hits.image_ids
+            lookups.append((time.perf_counter() - t) * 1000)
+        notes["image_id_lookup_ms_p50"] = round(float(np.percentile(lookups, 50)), 4)
 
     rounds = max(1, args.single_queries // args.block)
     times = measure(searchers, queries, rounds, args.block)
