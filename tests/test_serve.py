@@ -229,6 +229,8 @@ def test_metrics_count_searches_and_requests(server, served_archive):
     assert value(after, 'medhash_searches_total{query="code"}') - value(before, 'medhash_searches_total{query="code"}') == 3
     assert value(after, 'medhash_http_requests_total{method="POST",route="/v1/search",status="200"}') >= 3
     assert "medhash_encode_batch_size_bucket" in after
+    assert value(after, "medhash_index_codes ") == len(served_archive.image_paths)
+    assert value(after, "medhash_encoder_queue ") == 0
 
 
 def test_openapi_schema_describes_the_api(server):

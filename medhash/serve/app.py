@@ -80,7 +80,6 @@ def create_app(service: SearchService) -> FastAPI:
     @app.get("/metrics", dependencies=authorized, tags=["operations"], responses=ERRORS,
              response_class=Response, summary="Prometheus metrics (text exposition format)")
     async def metrics() -> Response:
-        service.metrics.encoder_queue.set(service.batcher.pending())
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
     @app.get("/v1/info", response_model=Info, dependencies=authorized, tags=["search"], responses=ERRORS)

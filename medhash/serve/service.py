@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import logging
+import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -57,21 +58,26 @@ def parse_code(text: str, bits: int) -> np.ndarray:
 
 
 class LruCache:
+    """A bounded map, least recently used out first. Locked: the search threads and the event loop share it."""
+
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key):
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        return None
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
 
     def put(self, key, value) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
 
 
 class SearchService:
@@ -82,8 +88,10 @@ class SearchService:
         self.index, self.encoder, self.config = index, encoder, config
         self.archive = ArchiveFiles(config.archive_root)
         self.metrics = ServeMetrics()
-        self.metrics.index_size.set(len(index))
         self.batcher = EncodeBatcher(encoder.encode_images, config.max_batch, self.metrics.observe_batch)
+        # Read when /metrics is scraped, so they are never stale and cost nothing per request.
+        self.metrics.index_size.set_function(lambda: len(self.index))
+        self.metrics.encoder_queue.set_function(self.batcher.pending)
         # FAISS releases the GIL; two threads let a long scan not block short ones (its own OpenMP is 1 thread).
         self._search_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="medhash-search")
         self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medhash-io")
@@ -144,7 +152,6 @@ class SearchService:
         t0 = time.perf_counter()
         image = await self.decode(data, name)
         t1 = time.perf_counter()
-        self.metrics.encoder_queue.set(self.batcher.pending())
         encoded = await self.batcher.encode(image)
         t2 = time.perf_counter()
         hits, search_s = await self._search(encoded.code, k, with_ties, params)
@@ -194,11 +201,8 @@ class SearchService:
                 for i in order if probs[i] >= 0.5]
 
     def _query_overlay(self, image: np.ndarray, encoded: EncodedImage) -> str:
-        from medhash.index.overlay import render_overlay
-
-        picture = render_overlay(image, encoded.box, encoded.saliency)
-        picture.thumbnail((QUERY_OVERLAY_SIDE, QUERY_OVERLAY_SIDE))
-        return "data:image/png;base64," + base64.b64encode(_png_bytes(picture)).decode("ascii")
+        png = _render_thumbnail(image, encoded, QUERY_OVERLAY_SIDE)
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
     def _response(self, query: Query, hits: list[Hit], k: int, with_ties: bool, timings: dict) -> SearchResponse:
         return SearchResponse(model_id=self.index.model_id, bits=self.index.bits, k=k, with_ties=with_ties, query=query,
@@ -233,17 +237,19 @@ class SearchService:
         except ImageDecodeError as exc:
             raise ArchiveAccessError(f"archived image {image_id} cannot be decoded: {exc.kind}") from None
         encoded = await self.batcher.encode(image) if overlay else None
-        png = await loop.run_in_executor(self._io_pool, _render_thumbnail, image, encoded, record.box, size)
+        png = await loop.run_in_executor(self._io_pool, _render_thumbnail, image, encoded, size)
         self._thumbnails.put(key, png)
         return png
 
 
-def _render_thumbnail(image: np.ndarray, encoded: EncodedImage | None, box, size: int) -> bytes:
+def _render_thumbnail(image: np.ndarray, encoded: EncodedImage | None, size: int) -> bytes:
+    """PNG, longest side `size`; with `encoded`, its saliency map and crop box drawn (archived hits store only
+    their box, so their overlays come from re-encoding the image)."""
     from medhash.index.overlay import render_overlay
 
     if encoded is None:
         picture = render_overlay(image)
-    else:  # the overlay re-encodes the image: hits store their box, not their saliency map
+    else:
         picture = render_overlay(image, encoded.box, encoded.saliency)
     picture.thumbnail((size, size))
     return _png_bytes(picture)
