@@ -6,12 +6,11 @@ from pathlib import Path
 
 import click
 
+from medhash.cli.options import int_list
 
-def _int_list(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        numbers = tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+def _positive_ints(ctx, param, value: str) -> tuple[int, ...]:
+    numbers = int_list(value)
     if not numbers or min(numbers) < 1:
         raise click.BadParameter(f"expected integers >= 1, got {value!r}")
     return numbers
@@ -30,12 +29,12 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
               help="Where the table's relative paths resolve (default: its folder).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for bench.json, latency_histogram.png and precision_recall.png.")
-@click.option("--concurrency", default="1,4,16", show_default=True, callback=_int_list,
+@click.option("--concurrency", default="1,4,16", show_default=True, callback=_positive_ints,
               help="Concurrency levels, comma-separated.")
 @click.option("--requests", "n_requests", type=click.IntRange(min=0), default=200, show_default=True,
               help="Requests per concurrency level (image uploads, and as many searches by code).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per latency request.")
-@click.option("--ks", default="10,100", show_default=True, callback=_int_list, help="k values of mAP@k and P@k.")
+@click.option("--ks", default="10,100", show_default=True, callback=_positive_ints, help="k values of mAP@k and P@k.")
 @click.option("--include-self", is_flag=True,
               help="Keep each query's own image (same image_id) in its ranking; by default it is left out.")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Score only the first N queries.")
@@ -54,7 +53,6 @@ def bench_cmd(index_dir, model_path, url, token, queries_csv, image_root, out_di
     Writes bench.json and PNG plots to --out and prints a summary."""
     from medhash.bench import BenchConfig, run_bench
     from medhash.bench.summary import format_summary
-    from medhash.errors import MedhashError
 
     try:
         config = BenchConfig(queries=str(queries_csv), out=str(out_dir), index=str(index_dir) if index_dir else None,
@@ -65,10 +63,7 @@ def bench_cmd(index_dir, model_path, url, token, queries_csv, image_root, out_di
                              torch_threads=torch_threads, time_limit_s=time_limit_s)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        report = run_bench(config)
-    except MedhashError as exc:  # unreachable server, 401, unreadable query set: one clear line
-        raise click.ClickException(str(exc)) from exc
+    report = run_bench(config)  # unreachable server, 401, unreadable query set: MedhashGroup prints one line
     click.echo(format_summary(report))
     click.echo(f"wrote {out_dir / 'bench.json'}")
 

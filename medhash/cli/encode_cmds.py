@@ -28,7 +28,6 @@ import click
 def encode_cmd(inputs, model, out, labels, image_root, shard_size, workers, threads_per_worker, torch_threads, scheduler,
                device, engine, batch_size, decode_threads, store_features, overwrite, bytes_column, id_column, no_progress):
     """Encode INPUT... (folders, globs, path lists, .tar shards, .parquet tables) into sharded Parquet codes; resumable."""
-    from medhash.errors import MedhashError
     from medhash.pipeline import EncodeJobConfig, run_encode
 
     config = EncodeJobConfig(model=model, out=out, inputs=tuple(inputs), labels=labels, image_root=image_root,
@@ -37,10 +36,7 @@ def encode_cmd(inputs, model, out, labels, image_root, shard_size, workers, thre
                              batch_size=batch_size, decode_threads=decode_threads, store_features=store_features,
                              overwrite=overwrite, bytes_column=bytes_column, id_column=id_column,
                              progress=not no_progress)
-    try:
-        summary = run_encode(config)
-    except MedhashError as exc:
-        raise click.ClickException(str(exc)) from exc
+    summary = run_encode(config)
     kinds = ", ".join(f"{k} {n}" for k, n in summary.failed_by_kind.items())
     speed = f"{summary.images_per_s:.1f} images/s" if summary.shards_run else "nothing left to encode"
     click.echo(f"{summary.inputs} inputs: {summary.encoded} encoded, {summary.failed} failed{f' ({kinds})' if kinds else ''}; "

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-
-def _folds(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
+from medhash.cli.options import int_list
 
 
 @click.command("train")
@@ -53,7 +51,7 @@ def train_cmd(labels, image_root, out, bits, backbone, global_size, local_size, 
     config = TrainConfig(labels=labels, out=out, model=model, image_root=image_root, load_size=load_size,
                          epochs_global=epochs_global, epochs_local=epochs_local, epochs_hash=epochs_hash,
                          epochs_joint=epochs_joint, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                         losses=LossWeights(1.0, quantization_weight, bit_balance_weight), val_folds=_folds(val_folds),
+                         losses=LossWeights(1.0, quantization_weight, bit_balance_weight), val_folds=int_list(val_folds),
                          precision=precision, device=device, seed=seed, work_dir=work_dir, init=init,
                          progress=not no_progress)
     result = train(config)
@@ -78,7 +76,7 @@ def evaluate_cmd(model, labels, image_root, query_folds, ks, boxes, engine, devi
     from medhash.atomic import write_text_atomic
     from medhash.eval.evaluate import EvaluateConfig, evaluate_model
 
-    report = evaluate_model(EvaluateConfig(model=model, labels=labels, image_root=image_root, query_folds=_folds(query_folds),
+    report = evaluate_model(EvaluateConfig(model=model, labels=labels, image_root=image_root, query_folds=int_list(query_folds),
                                            ks=tuple(ks), boxes=tuple(boxes), device=device, engine=engine))
     r = report["retrieval"]
     click.echo(f"model {report['model_id']} ({report['bits']} bits, engine {report['engine']}): "
