@@ -2,7 +2,7 @@
 
     python benchmarks/pretrain_c2l.py --data-root ../shared/data --out benchmarks/results/pretrain_c2l.json
     python benchmarks/pretrain_c2l.py --mode cpu     # the 2-core CPU: 128 px, 8 pretraining epochs, ~2 h on 1 thread
-    python benchmarks/pretrain_c2l.py --data-root ../shared/data --out /tmp/c2l.json --quick   # CPU smoke, ~3 min
+    python benchmarks/pretrain_c2l.py --data-root ../shared/data --out /tmp/c2l.json --mode quick   # CPU smoke, ~3 min
 
 1. C2L pretraining of the backbone on every image of nih-cxr14-dev (its labels are not read).
    Full mode (a GPU): DenseNet-121 at 224 px, batch 128; the epoch count (10 to 200) fills what the
@@ -15,7 +15,7 @@
    (medhash.eval.evaluate.evaluate_model).
 Writes map_c2l_init, map_random_init, the pretraining loss curve, wall times, machine and versions.
 Without CUDA it runs the cpu sizes: DenseNet-121 at 128 px, 8 pretraining epochs and train_nih's
-cpu profile. --quick runs the quick sizes: a tiny backbone at 64 px, 1 pretraining
+cpu profile. --mode quick runs the quick sizes: a tiny backbone at 64 px, 1 pretraining
 epoch and train_nih's quick profile, whose numbers say nothing about C2L (it checks that the
 pipeline runs end to end).
 """
@@ -121,7 +121,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_c2l.json")
     parser.add_argument("--mode", choices=("auto", *MODES), default="auto",
                         help="Sizes: full (a GPU), cpu (the 2-core CPU, ~2 h), quick (smoke). auto: full with CUDA, else cpu.")
-    parser.add_argument("--quick", action="store_true", help="Same as --mode quick.")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--total-budget-s", type=float, default=300.0,
                         help="Full mode: pretraining epochs fill what the two trainings leave of this wall time.")
@@ -144,7 +143,7 @@ def main() -> None:
     if not labels.is_file():
         sys.exit(f"{labels} not found: pass --data-root, the folder that holds nih-cxr14-dev/")
     cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    mode = "quick" if args.quick else args.mode
+    mode = args.mode
     if mode == "auto":
         mode = "full" if cuda else "cpu"
     sizes, profile_name = MODES[mode]
