@@ -37,9 +37,8 @@ import faiss  # noqa: E402
 
 from medhash.atomic import write_text_atomic  # noqa: E402
 from medhash.bench.machine import machine_info  # noqa: E402
-
+from medhash.codes_format import write_code_shard, write_codes_manifest  # noqa: E402
 from medhash.index import BuildConfig, HammingIndex, ThreadPolicy, build_index  # noqa: E402
-from medhash.index.codes_io import write_code_shard, write_codes_manifest  # noqa: E402
 
 BITS = 64
 K = 100
@@ -66,12 +65,10 @@ def clustered_codes(rng, n: int, centers: np.ndarray, flip: float) -> np.ndarray
 
 def load_centers(args, rng) -> tuple[np.ndarray, str]:
     if args.clustered_codes:
-        import pyarrow.parquet as pq
+        from medhash.codes_format import iter_batches, open_shards
 
-        from medhash.index.codes_io import codes_to_array
-
-        parts = [codes_to_array(pq.read_table(p, columns=["code"]).column("code"), BITS // 8)
-                 for p in sorted(Path(args.clustered_codes).glob("part-*.parquet"))]
+        parts = [batch.codes for shard in open_shards(args.clustered_codes)
+                 for batch in iter_batches(shard, with_ids=False)]
         centers = np.unique(np.concatenate(parts), axis=0)
         return centers, f"{len(centers)} distinct model codes from {args.clustered_codes}, bit flips p={args.flip}"
     centers = random_codes(rng, args.centers)
@@ -171,7 +168,7 @@ def omp_study(n: int, rng, queries: int = 100) -> dict:
     """Single-query latency of raw IndexBinaryFlat and of our flat with OpenMP 1 vs 2, idle vs one core busy."""
     codes = random_codes(rng, n)
     qs = random_codes(rng, queries)
-    from medhash.index.exact_scan import ExactScan
+    from medhash.index._search import ExactScan
 
     flat = faiss.IndexBinaryFlat(BITS)
     flat.add(codes)
@@ -302,7 +299,7 @@ def run_cell(n: int, data: str, codes: np.ndarray, queries: np.ndarray, args, wo
         if name in meta:
             row.update(meta[name])
             if name == "multihash":
-                row["flat_fallbacks"] = s.index._searcher.inner.fallbacks
+                row["flat_fallbacks"] = s.index._searcher.fallbacks
         row["threads"] = {"omp": searchers[name].omp} if isinstance(s, Raw) else {
             "omp": 1, "search_threads": s.index.policy.search_threads}
         rows.append(row)

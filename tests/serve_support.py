@@ -10,10 +10,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from medhash.codes_format import write_code_shard, write_codes_manifest
 from medhash.data import read_image, read_label_table
 from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
 from medhash.index import BuildConfig, build_index
-from medhash.index.codes_io import write_code_shard, write_codes_manifest
 from medhash.model import AGHashNet, ModelConfig, load_encoder, save_checkpoint
 from medhash.serve import SearchService, ServeConfig
 from medhash.serve.background import serve_in_background

@@ -19,10 +19,10 @@ from medhash.bench.queries import load_query_set
 from medhash.bench.quality import Ranking, precision_recall_by_radius
 from medhash.bench.run import image_search
 from medhash.cli import main
+from medhash.codes_format import write_code_shard, write_codes_manifest
 from medhash.data import read_label_table
 from medhash.eval.metrics import evaluate_codes
 from medhash.index import BuildConfig, build_index
-from medhash.index.codes_io import write_code_shard, write_codes_manifest
 from medhash.model import load_encoder
 
 KS = (5, 10)

@@ -10,13 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from medhash.codes_format import write_code_shard, write_codes_manifest
 from medhash.errors import CodeShardError, DuplicateImageIdError, IndexManifestError
-from medhash.index import KINDS, BuildConfig, HammingIndex, Hits, ThreadPolicy, build_index, index_info
-from medhash.index.codes_io import write_code_shard, write_codes_manifest
-from medhash.index.exact_scan import ExactScan
-from medhash.index.gpu import gpu_support
-from medhash.index.store import IDS_FILE, INDEX_FILE, MANIFEST_FILE, sha256_file
-from medhash.index.threads import ScanPool, omp_threads
+from medhash.index import (IDS_FILE, INDEX_FILE, KINDS, MANIFEST_FILE, BuildConfig, HammingIndex, Hits, ThreadPolicy,
+                           build_index, gpu_support, index_info)
+from medhash.index._search import ExactScan, ScanPool, omp_threads
+from medhash.index._store import lean_arrow_memory, sha256_file
 
 BITS = 64
 MODEL = "model-test-1"
@@ -27,7 +26,7 @@ TWO_THREADS = ThreadPolicy(search_threads=2, min_rows_per_thread=300, fan_out="a
 # -- helpers ------------------------------------------------------------------------------------
 def write_codes(folder: Path, codes: np.ndarray, ids: list[str] | None = None, *, model_id: str = MODEL,
                 bits: int = BITS, per_shard: int = 400) -> list[str]:
-    """Shards in the pipeline's layout (CONTEXT.md): image_id, path, code, box, labels + metadata + _manifest.json."""
+    """Shards in the codes format (medhash.codes_format): image_id, path, code, box, labels + metadata + _manifest.json."""
     ids = ids or [f"img{i:05d}" for i in range(len(codes))]
     for shard, start in enumerate(range(0, len(codes), per_shard)):
         part = slice(start, start + per_shard)
@@ -138,7 +137,7 @@ def test_exact_kinds_return_exact_top_k(data, tmp_path, kind, params, search_kw,
             assert_exact(single[0], codes, ids, queries[0], k, with_ties)
     if kind == "multihash" and params and dataset == "clustered":
         # clustered codes are close: most queries must be certified without the flat fallback
-        assert index._searcher.inner.fallbacks < len(queries) * 6
+        assert index._searcher.fallbacks < len(queries) * 6
 
 
 def test_exact_scan_sampled_radius_shards_and_ties():
@@ -490,8 +489,6 @@ def test_row_of_finds_image_ids_after_removal(data, tmp_path):
 
 def test_build_memory_pool_is_restored():
     import pyarrow as pa
-
-    from medhash.index.arrow_memory import lean_arrow_memory
 
     before = pa.default_memory_pool().backend_name
     with lean_arrow_memory():

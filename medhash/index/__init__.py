@@ -1,4 +1,4 @@
-"""FAISS binary indexes over hash codes: build from Parquet shards, search top-k, add/remove, query images.
+"""FAISS binary indexes over hash codes: build from a codes folder, search top-k, add/remove.
 
     from medhash.index import BuildConfig, HammingIndex, build_index
     build_index("codes/", "idx/", BuildConfig(kind="flat"))
@@ -6,21 +6,31 @@
     result = index.search(codes, k=10, with_ties=True)
     result[0].image_ids, result[0].distances, result[0].rows
 
-faiss is imported lazily inside functions, so importing this package stays cheap.
+The design, one module or subpackage each:
+- kinds: the registry of index kinds (flat, multihash, ivf, hnsw): parameters from the index size,
+  create / add / remove on the FAISS index, and the searcher of the kind's family;
+- _search: one searcher per family (exact scan, multi-index hashing, approximate, GPU), the shared
+  neighbour ordering and tie rules, and the thread policy;
+- _store: the index folder (index.faiss, ids.parquet, manifest.json with checksums);
+- build: codes folder -> index folder, streaming; maintain: add and remove in place;
+- hamming_index: `HammingIndex`, an opened folder that answers searches.
+Codes are read through medhash.codes_format. faiss is imported inside functions only, so importing
+this package stays cheap; nothing here imports torch or the model.
 """
 
+from medhash.index._search import DEFAULT_POLICY, SearchParams, ThreadPolicy, gpu_support
+from medhash.index._store import IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdRecord, IndexManifest, index_info, load_manifest
 from medhash.index.build import BuildConfig, build_index
 from medhash.index.hamming_index import HammingIndex, Hits, SearchResult
-from medhash.index.idmap import IdRecord
 from medhash.index.kinds import KINDS, get_kind
 from medhash.index.maintain import UpdateReport, add_codes, remove_images
-from medhash.index.neighbors import SearchParams
-from medhash.index.store import IndexManifest, index_info, load_manifest
-from medhash.index.threads import DEFAULT_POLICY, ThreadPolicy
 
 __all__ = [
     "DEFAULT_POLICY",
+    "IDS_FILE",
+    "INDEX_FILE",
     "KINDS",
+    "MANIFEST_FILE",
     "BuildConfig",
     "HammingIndex",
     "Hits",
@@ -33,6 +43,7 @@ __all__ = [
     "add_codes",
     "build_index",
     "get_kind",
+    "gpu_support",
     "index_info",
     "load_manifest",
     "remove_images",

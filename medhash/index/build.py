@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from medhash.codes_format import BATCH_ROWS, CodeShard, iter_batches, open_shards
 from medhash.errors import DuplicateImageIdError, IndexManifestError
-from medhash.index.arrow_memory import lean_arrow_memory
-from medhash.index.codes_io import BATCH_ROWS, CodeShard, iter_batches, open_shards
-from medhash.index.idmap import open_id_writer
-from medhash.index.idset import IdHashes, confirm_duplicates
+from medhash.index._search import omp_threads
+from medhash.index._store import (IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdHashes, IndexManifest, confirm_duplicates,
+                                  id_rows, lean_arrow_memory, open_id_writer, write_faiss, write_manifest)
 from medhash.index.kinds import get_kind
-from medhash.index.threads import omp_threads
-from medhash.index.store import IDS_FILE, INDEX_FILE, MANIFEST_FILE, IndexManifest, write_faiss, write_manifest
 from medhash.timing import Timings
+
+__all__ = ["BuildConfig", "build_index"]
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _build(codes_dir: Path, out_dir: Path, config: BuildConfig) -> IndexManifest
             for batch in iter_batches(shard, with_ids=True, batch_rows=config.batch_rows):
                 labels = np.arange(ids.rows, ids.rows + len(batch.codes), dtype=np.int64)
                 add(batch.codes, labels)
-                ids.write(batch.ids, labels)
+                ids.write(id_rows(batch.columns), labels)
     if index.ntotal != ids.rows:
         raise RuntimeError(f"index holds {index.ntotal} codes but ids.parquet {ids.rows} rows")
     with timings("write"):

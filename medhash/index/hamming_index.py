@@ -11,12 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medhash.errors import IndexManifestError
-from medhash.index.idmap import IdRecord, read_column, records_at
+from medhash.index._search import DEFAULT_POLICY, GpuFlatSearch, Searcher, SearchParams, ThreadPolicy
+from medhash.index._store import (IDS_FILE, INDEX_FILE, IdRecord, IndexManifest, load_manifest, read_column,
+                                  read_faiss, records_at)
 from medhash.index.kinds import get_kind
 from medhash.index.maintain import UpdateReport, add_codes, remove_images
-from medhash.index.neighbors import SearchParams
-from medhash.index.store import IDS_FILE, INDEX_FILE, IndexManifest, load_manifest, read_faiss
-from medhash.index.threads import DEFAULT_POLICY, ThreadPolicy
+
+__all__ = ["HammingIndex", "Hits", "SearchResult"]
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,7 @@ class HammingIndex:
         if self.gpu:
             if kind.name != "flat":
                 raise ValueError(f"GPU search is implemented for flat indexes, this one is {kind.name}")
-            from medhash.index.gpu import GpuFlatSearch
-
-            self._searcher = GpuFlatSearch(index, kind.searcher(index, manifest.params, self.policy, True))
+            self._searcher: Searcher = GpuFlatSearch(index, kind.searcher(index, manifest.params, self.policy, True))
         else:
             self._searcher = kind.searcher(index, manifest.params, self.policy, self.mapped)
         ids_path = self.index_dir / IDS_FILE

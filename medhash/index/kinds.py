@@ -1,12 +1,13 @@
 """The registry of index kinds. Each kind picks its parameters from the index size, builds, updates
-and searches one FAISS binary index type.
+and searches one FAISS binary index type; `searcher()` hands the loaded index to the searcher of its
+family (medhash.index._search).
 
 | kind      | FAISS type             | exact? | labels                      | remove            | --mmap            |
 | flat      | IndexBinaryFlat        | yes    | row positions               | remove_ids        | IO_FLAG_MMAP_IFC  |
 | multihash | IndexBinaryMultiHash   | yes*   | row positions               | rebuild (fast)    | no (hash maps)    |
 | ivf       | IndexBinaryIVF         | no     | explicit, stable, increasing| remove_ids        | IO_FLAG_MMAP      |
 | hnsw      | IndexBinaryHNSW        | no     | row positions               | rebuild (slow)    | no (graph)        |
-* exact through the pigeonhole check in multihash_search.py.
+* exact through the pigeonhole check in _search/multihash.py.
 
 "Row positions" means FAISS label == row of ids.parquet; removing compacts both, so they stay equal.
 IVF keeps explicit labels (remove_ids leaves the others untouched) and ids.parquet stores them in a
@@ -17,32 +18,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from medhash.index.approx_search import ApproxSearch, hnsw_params, ivf_params
-from medhash.index.exact_scan import ExactScan, flat_codes, flat_codes_buffer
-from medhash.index.multihash_search import MultiHashSearch
-from medhash.index.neighbors import Neighbors, SearchParams
-from medhash.index.threads import ThreadPolicy
+from medhash.index._search import (ApproxSearch, ExactScan, MultiHashSearch, Searcher, ThreadPolicy, flat_codes,
+                                   flat_codes_buffer, hnsw_params, ivf_params, use_gpu_for_training)
+
+__all__ = ["KINDS", "IndexKind", "get_kind"]
 
 log = logging.getLogger(__name__)
-
-
-class Searcher(Protocol):
-    def search(self, queries: np.ndarray, k: int, with_ties: bool = False) -> list[Neighbors]: ...
-
-
-@dataclass
-class _Exact:
-    """Adapter: exact searchers take no per-call knobs."""
-
-    inner: object
-
-    def search(self, queries, k, with_ties=False, params: SearchParams = SearchParams()) -> list[Neighbors]:
-        return self.inner.search(queries, k, with_ties)
 
 
 def _selector(labels: np.ndarray):
@@ -90,7 +74,8 @@ class IndexKind:
         """FAISS io flags for a memory-mapped load, or None where the kind must be read into RAM."""
         return None
 
-    def searcher(self, index, params: dict, policy: ThreadPolicy, mapped: bool):
+    def searcher(self, index, params: dict, policy: ThreadPolicy, mapped: bool) -> Searcher:
+        """The searcher of this kind's family over a loaded index (mapped: the index file is memory-mapped)."""
         raise NotImplementedError
 
 
@@ -124,7 +109,7 @@ class FlatKind(IndexKind):
 
     def searcher(self, index, params, policy, mapped):
         # A mapped index is searched in place (no per-thread copies), trading latency for memory.
-        return _Exact(ExactScan(index, policy, split=not mapped))
+        return ExactScan(index, policy, split=not mapped)
 
 
 class MultiHashKind(IndexKind):
@@ -168,7 +153,7 @@ class MultiHashKind(IndexKind):
         return rebuilt
 
     def searcher(self, index, params, policy, mapped):
-        return _Exact(MultiHashSearch(index, params, policy))
+        return MultiHashSearch(index, params, policy)
 
 
 class IVFKind(IndexKind):
@@ -190,8 +175,6 @@ class IVFKind(IndexKind):
 
     def create(self, bits, params, train_codes=None, gpu=False):
         import faiss
-
-        from medhash.index.gpu import use_gpu_for_training
 
         quantizer = faiss.IndexBinaryFlat(bits)
         index = faiss.IndexBinaryIVF(quantizer, bits, int(params["nlist"]))

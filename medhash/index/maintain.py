@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from medhash.codes_format import iter_batches, open_shards
 from medhash.errors import DuplicateImageIdError, IndexManifestError
-from medhash.index.arrow_memory import lean_arrow_memory
-from medhash.index.codes_io import iter_batches, open_shards
-from medhash.index.idmap import copy_rows_except, iter_id_batches, open_id_writer, rows_of_image_ids
-from medhash.index.idset import find_duplicates
+from medhash.index._search import omp_threads
+from medhash.index._store import (IDS_FILE, INDEX_FILE, IndexManifest, check_compatible, copy_rows_except,
+                                  find_duplicates, id_rows, iter_id_batches, lean_arrow_memory, load_manifest,
+                                  open_id_writer, read_faiss, rows_of_image_ids, write_faiss, write_manifest)
 from medhash.index.kinds import IndexKind, get_kind
-from medhash.index.threads import omp_threads
-from medhash.index.store import (IDS_FILE, INDEX_FILE, IndexManifest, check_compatible, load_manifest, read_faiss,
-                                 write_faiss, write_manifest)
+
+__all__ = ["UpdateReport", "add_codes", "remove_images"]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _add(index_dir: Path, codes_dir: Path, replace: bool) -> UpdateReport:
                 first = ids.rows if kind.dense_labels else manifest.next_label
                 labels = np.arange(first, first + n, dtype=np.int64)
                 kind.add(index, batch.codes, labels)
-                ids.write(batch.ids, labels)
+                ids.write(id_rows(batch.columns), labels)
                 manifest.next_label = max(manifest.next_label, int(first + n))
                 report.added += n
                 report.skipped_rows += batch.skipped

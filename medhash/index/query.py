@@ -16,7 +16,7 @@ import numpy as np
 
 from medhash.errors import ImageDecodeError, IndexManifestError
 from medhash.index.hamming_index import HammingIndex
-from medhash.index.idmap import IdRecord
+from medhash.index import IdRecord
 from medhash.index.overlay import render_overlay, safe_name, save_png
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ on the command line); `encode_shard` encodes one planned shard in-process.
 """
 
 from medhash.pipeline.inputs import InputItem, InputOptions, collect_items
-from medhash.pipeline.output import ShardStats, codes_schema
+from medhash.pipeline.output import ShardStats
 from medhash.pipeline.plan import JobPlan, OutputSpec, ShardPlan, cut_into_shards, read_plan
 from medhash.pipeline.runner import EncodeJobConfig, EncodeSummary, run_encode
 from medhash.pipeline.shard import EncoderSpec, encode_shard
@@ -20,7 +20,6 @@ __all__ = [
     "OutputSpec",
     "ShardPlan",
     "ShardStats",
-    "codes_schema",
     "collect_items",
     "cut_into_shards",
     "encode_shard",

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -22,20 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medhash import __version__
-from medhash.atomic import write_text_atomic
+from medhash.codes_format import MANIFEST_FILE, CodesManifest, shard_model_id, write_manifest
 from medhash.errors import PipelineError
 from medhash.pipeline.cluster import ClusterRequest, dashboard_link, dask_client, torch_threads_by_host
 from medhash.pipeline.inputs import InputOptions, collect_items
-from medhash.pipeline.output import ShardFiles, ShardStats, complete_shard_stats, parquet_model_id
+from medhash.pipeline.output import ShardFiles, ShardStats, complete_shard_stats
 from medhash.pipeline.plan import PLAN_FILE, JobPlan, OutputSpec, ShardPlan, check_same_job, cut_into_shards, read_plan, write_plan
 from medhash.pipeline.progress import JobProgress
 from medhash.pipeline.shard import EncoderSpec, ShardJob, run_shard_task
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "_manifest.json"
-MANIFEST_FORMAT = "medhash.encode-manifest"
 # Files of ours in an output folder (what --overwrite removes), and temp files of interrupted writes.
 OWN_FILE_PATTERNS = ("part-*.parquet", "part-*.stats.json", PLAN_FILE, MANIFEST_FILE)
 STALE_TEMP_PATTERNS = (".part-*.tmp", f".{PLAN_FILE}.*.tmp", f".{MANIFEST_FILE}.*.tmp")
@@ -147,7 +143,7 @@ def _refuse_unplanned_outputs(out_dir: Path, model_id: str) -> None:
     parts = sorted(out_dir.glob("part-*.parquet"))
     if not parts:
         return
-    foreign = sorted({mid for p in parts if (mid := parquet_model_id(p)) and mid != model_id})
+    foreign = sorted({mid for p in parts if (mid := shard_model_id(p)) and mid != model_id})
     if foreign:
         raise PipelineError(f"{out_dir} holds codes of model(s) {', '.join(foreign)}; this checkpoint is model {model_id}. "
                             "Use another --out, or --overwrite to replace them")
@@ -256,19 +252,10 @@ def _write_manifest(out_dir: Path, plan: JobPlan, stats: dict[str, ShardStats], 
     if counts["duplicate_image_ids"]:
         log.warning("%d image ids occur more than once in %s (same file stem in several folders?)",
                     counts["duplicate_image_ids"], out_dir)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "medhash_version": __version__,
-        **{k: v for k, v in plan.output.to_json().items()},
-        "columns": ["image_id", "path", "code", "box"] + (["labels"] if plan.output.with_labels else [])
-        + (["features"] if plan.output.store_features else []),
-        "request": plan.request,
-        "counts": counts,
-        "shards": shards,
-        "timing": timing,
-    }
-    write_text_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
-    return manifest
+    output = plan.output
+    return write_manifest(out_dir, CodesManifest(
+        model_id=output.model_id, bits=output.bits, engine=output.engine, with_labels=output.with_labels,
+        store_features=output.store_features, shards=shards, counts=counts, request=plan.request, timing=timing))
 
 
 # ------------------------------------------------------------------------------------------ entry

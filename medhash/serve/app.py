@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from medhash import __version__
 from medhash.errors import ArchiveAccessError, ImageDecodeError
-from medhash.index.neighbors import SearchParams
+from medhash.index import SearchParams
 from medhash.serve.limits import BodySizeLimit
 from medhash.serve.schemas import Health, Info, SearchResponse
 from medhash.serve.service import BadQueryError, SearchService

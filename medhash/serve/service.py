@@ -21,7 +21,7 @@ import numpy as np
 
 from medhash import __version__
 from medhash.errors import ArchiveAccessError, ImageDecodeError
-from medhash.index.neighbors import SearchParams
+from medhash.index import SearchParams
 from medhash.serve.archive import ArchiveFiles
 from medhash.serve.batcher import EncodeBatcher, EncodedImage
 from medhash.serve.config import ServeConfig

@@ -28,9 +28,11 @@ import time
 
 import numpy as np
 
-from medhash.index.exact_scan import ExactScan
-from medhash.index.neighbors import Neighbors, select
-from medhash.index.threads import ThreadPolicy, omp_threads
+from medhash.index._search.exact import ExactScan, flat_codes
+from medhash.index._search.neighbors import Neighbors, SearchParams, select
+from medhash.index._search.threads import ThreadPolicy, omp_threads
+
+__all__ = ["MultiHashSearch", "certified"]
 
 
 def certified(d_k: int, nhash: int, nflip: int) -> bool:
@@ -57,8 +59,6 @@ class MultiHashSearch:
         codes = self.fallback.shards[0]
         if codes.ntotal == 0:
             return 0.0
-        from medhash.index.exact_scan import flat_codes
-
         probes = flat_codes(codes)[:: max(1, codes.ntotal // 3)][:3].copy()
         seconds = []
         with omp_threads(1):
@@ -79,7 +79,9 @@ class MultiHashSearch:
         self.index.nflip = nflip
         return self.index.search(queries, k)
 
-    def search(self, queries: np.ndarray, k: int, with_ties: bool = False) -> list[Neighbors]:
+    def search(self, queries: np.ndarray, k: int, with_ties: bool = False,
+               params: SearchParams = SearchParams()) -> list[Neighbors]:
+        """`params` is ignored: the search is exact, nflip is chosen per query."""
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
         nq, ntotal = len(queries), self.index.ntotal
         results: list[Neighbors | None] = [None] * nq

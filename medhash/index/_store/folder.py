@@ -21,6 +21,9 @@ from medhash import __version__ as MEDHASH_VERSION
 from medhash.atomic import atomic_path, write_text_atomic
 from medhash.errors import IndexManifestError
 
+__all__ = ["DATA_FILES", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE", "IndexManifest", "check_compatible",
+           "index_info", "load_manifest", "read_faiss", "sha256_file", "write_faiss", "write_manifest"]
+
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -49,7 +52,7 @@ class IndexManifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
 
-def now_iso() -> str:
+def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -68,7 +71,7 @@ def write_manifest(index_dir: Path, manifest: IndexManifest) -> IndexManifest:
     manifest.files = {name: sha256_file(index_dir / name) for name in DATA_FILES}
     manifest.faiss_version = faiss.__version__
     manifest.medhash_version = MEDHASH_VERSION
-    manifest.updated_at = now_iso()
+    manifest.updated_at = _now_iso()
     manifest.created_at = manifest.created_at or manifest.updated_at
     write_text_atomic(index_dir / MANIFEST_FILE, manifest.to_json())
     return manifest

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from medhash.errors import GpuUnavailableError
-from medhash.index.neighbors import Neighbors, SearchParams, knn_with_ties
+from medhash.index._search.neighbors import Neighbors, Searcher, SearchParams, knn_with_ties
+
+__all__ = ["GpuFlatSearch", "GpuSupport", "gpu_support", "use_gpu_for_training"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def use_gpu_for_training(ivf_index, bits: int) -> None:
 class GpuFlatSearch:
     """Exact search of a flat binary index on the GPU; fetches above GPU_MAX_K go to the CPU scan."""
 
-    def __init__(self, cpu_flat, cpu_fallback):
+    def __init__(self, cpu_flat, cpu_fallback: Searcher):
         import faiss
 
         require_gpu()

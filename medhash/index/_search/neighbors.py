@@ -8,9 +8,11 @@ equals the k-th distance, so the list may be longer than k.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
+
+__all__ = ["Neighbors", "SearchParams", "Searcher", "knn_with_ties", "select"]
 
 Neighbors = tuple[np.ndarray, np.ndarray]  # (distances int32 [m], labels int64 [m])
 
@@ -21,6 +23,13 @@ class SearchParams:
 
     nprobe: int | None = None  # IVF: inverted lists visited
     ef_search: int | None = None  # HNSW: candidate list size
+
+
+class Searcher(Protocol):
+    """What every searcher answers: per query, its top-k (with ties: past k while tied with the k-th)."""
+
+    def search(self, queries: np.ndarray, k: int, with_ties: bool = False,
+               params: SearchParams = SearchParams()) -> list[Neighbors]: ...
 
 
 def select(distances: np.ndarray, labels: np.ndarray, k: int, with_ties: bool) -> Neighbors:

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, TypeVar
 
+__all__ = ["DEFAULT_POLICY", "ScanPool", "ThreadPolicy", "omp_threads", "shared_pool"]
+
 T = TypeVar("T")
 
 

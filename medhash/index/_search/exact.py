@@ -19,8 +19,10 @@ import math
 
 import numpy as np
 
-from medhash.index.neighbors import Neighbors, select
-from medhash.index.threads import ThreadPolicy, omp_threads, shared_pool
+from medhash.index._search.neighbors import Neighbors, SearchParams, select
+from medhash.index._search.threads import ThreadPolicy, omp_threads, shared_pool
+
+__all__ = ["ExactScan", "flat_codes", "flat_codes_buffer"]
 
 SAMPLE_ROWS = 16_384
 RANGE_OVERSAMPLE = 4  # aim the radius at ~4k expected hits: few retries, few extra results
@@ -142,7 +144,9 @@ class ExactScan:
             radius += max(1, radius // 4)
 
     # -- many queries ----------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, with_ties: bool = False) -> list[Neighbors]:
+    def search(self, queries: np.ndarray, k: int, with_ties: bool = False,
+               params: SearchParams = SearchParams()) -> list[Neighbors]:
+        """`params` is ignored: an exact scan has no per-call knobs."""
         queries = np.ascontiguousarray(queries, dtype=np.uint8)
         with omp_threads(self.policy.omp_threads):
             if len(queries) == 1:

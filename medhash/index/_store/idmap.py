@@ -1,4 +1,8 @@
-"""ids.parquet: row -> (label, image_id, path, labels, box), written and rewritten batch by batch."""
+"""ids.parquet: row -> (label, image_id, path, labels, box), written and rewritten batch by batch.
+
+`label` is the row's FAISS label (== its row position for the dense kinds); the other columns come
+from the code shards, so a search hit leads back to its image, labels and box.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medhash.atomic import atomic_path
-from medhash.index.codes_io import BATCH_ROWS, ID_SCHEMA
+from medhash.codes_format import BATCH_ROWS
+
+__all__ = ["ID_SCHEMA", "IdRecord", "IdWriter", "copy_rows_except", "id_rows", "iter_id_batches", "open_id_writer",
+           "read_column", "records_at", "rows_of_image_ids"]
+
+ID_SCHEMA = pa.schema(
+    [
+        ("label", pa.int64()),
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("labels", pa.list_(pa.string())),
+        ("box", pa.list_(pa.int32(), 4)),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +40,20 @@ class IdRecord:
     path: str
     labels: tuple[str, ...]
     box: tuple[int, int, int, int] | None
+
+
+def id_rows(columns: pa.RecordBatch) -> pa.RecordBatch:
+    """A code batch's image_id, path, labels (null where the shard has none) and box in ID_SCHEMA; label unset."""
+    n = columns.num_rows
+    labels = columns.column("labels") if "labels" in columns.schema.names else pa.nulls(n, pa.list_(pa.string()))
+    box = columns.column("box")
+    if box.type != ID_SCHEMA.field("box").type:
+        box = box.cast(ID_SCHEMA.field("box").type)
+    return pa.RecordBatch.from_arrays(
+        [pa.nulls(n, pa.int64()), columns.column("image_id").cast(pa.string()), columns.column("path").cast(pa.string()),
+         labels.cast(ID_SCHEMA.field("labels").type), box],
+        schema=ID_SCHEMA,
+    )
 
 
 class IdWriter:

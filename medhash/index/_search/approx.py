@@ -7,8 +7,10 @@ from typing import Callable
 
 import numpy as np
 
-from medhash.index.neighbors import Neighbors, SearchParams, knn_with_ties
-from medhash.index.threads import ThreadPolicy, omp_threads, shared_pool
+from medhash.index._search.neighbors import Neighbors, SearchParams, knn_with_ties
+from medhash.index._search.threads import ThreadPolicy, omp_threads, shared_pool
+
+__all__ = ["ApproxSearch", "hnsw_params", "ivf_params"]
 
 
 class ApproxSearch:

@@ -15,6 +15,8 @@ from typing import Iterator
 
 import pyarrow as pa
 
+__all__ = ["lean_arrow_memory"]
+
 log = logging.getLogger(__name__)
 
 

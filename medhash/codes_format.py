@@ -1,0 +1,355 @@
+"""The codes folder: what the encoder writes and the index reads, defined once.
+
+    CODES/part-NNNNN.parquet         one row per encoded image (the code shard)
+    CODES/part-NNNNN.errors.parquet  path, image_id, kind, message of every image that failed
+    CODES/_manifest.json             written last: the folder's model, columns, shards and counts
+
+A code shard has the columns image_id string, path string, code fixed_size_binary[bits/8],
+box fixed_size_list<int32>[4], then labels list<string> (when a label table was given; null: the
+image is not in the table) and features list<float16> (when features are stored). Both Parquet
+files carry the file metadata medhash.model_id and medhash.bits, and medhash.engine where the
+writer knows the encoder engine. model_id binds codes to the model that made them: codes of two
+models live in different Hamming spaces, so readers refuse to mix them.
+
+Readers need only the metadata and the four fixed columns; they read the columns a pass needs one
+record batch at a time, so memory stays bounded by the batch size whatever the folder holds.
+Every file is written to a temp name and renamed (medhash.atomic). This module imports no torch:
+the index reads codes without the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from medhash import __version__
+from medhash.atomic import atomic_path, write_text_atomic
+from medhash.errors import CodeShardError
+
+__all__ = [
+    "BATCH_ROWS",
+    "COMPRESSION",
+    "CODE_COLUMNS",
+    "ERRORS_SUFFIX",
+    "ERROR_COLUMNS",
+    "MANIFEST_FILE",
+    "MANIFEST_FORMAT",
+    "META_BITS",
+    "META_ENGINE",
+    "META_MODEL_ID",
+    "SHARD_GLOB",
+    "CodeBatch",
+    "CodeShard",
+    "CodesManifest",
+    "code_columns",
+    "codes_schema",
+    "codes_to_array",
+    "errors_schema",
+    "iter_batches",
+    "open_shards",
+    "shard_metadata",
+    "shard_model_id",
+    "write_code_shard",
+    "write_codes_manifest",
+    "write_errors_shard",
+    "write_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+META_MODEL_ID = b"medhash.model_id"
+META_BITS = b"medhash.bits"
+META_ENGINE = b"medhash.engine"
+COMPRESSION = "zstd"
+SHARD_GLOB = "part-*.parquet"
+ERRORS_SUFFIX = ".errors.parquet"
+MANIFEST_FILE = "_manifest.json"
+MANIFEST_FORMAT = "medhash.encode-manifest"
+CODE_COLUMNS = ("image_id", "path", "code", "box")  # every shard has these; labels and features are optional
+ERROR_COLUMNS = ("path", "image_id", "kind", "message")
+# Rows per streamed batch. 16k rather than 64k: at 10M codes the build's peak RSS fell from 2.5x to
+# 2.2x the index size, and the build ran no slower (benchmarks/search_latency.py).
+BATCH_ROWS = 16_384
+
+
+# ------------------------------------------------------------------------------------------ schema
+
+
+def shard_metadata(model_id: str, bits: int, engine: str | None = None) -> dict[bytes, bytes]:
+    """The file metadata of both Parquet files of a shard (engine left out when unknown)."""
+    meta = {META_MODEL_ID: model_id.encode(), META_BITS: str(bits).encode()}
+    if engine is not None:
+        meta[META_ENGINE] = engine.encode()
+    return meta
+
+
+def code_columns(with_labels: bool, store_features: bool) -> list[str]:
+    return list(CODE_COLUMNS) + (["labels"] if with_labels else []) + (["features"] if store_features else [])
+
+
+def codes_schema(bits: int, *, with_labels: bool, store_features: bool, metadata: dict[bytes, bytes]) -> pa.Schema:
+    fields = [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("code", pa.binary(bits // 8), nullable=False),
+        pa.field("box", pa.list_(pa.int32(), 4), nullable=False),
+    ]
+    if with_labels:
+        fields.append(pa.field("labels", pa.list_(pa.string())))  # null: the image is not in the table
+    if store_features:
+        fields.append(pa.field("features", pa.list_(pa.float16()), nullable=False))
+    return pa.schema(fields, metadata=metadata)
+
+
+def errors_schema(metadata: dict[bytes, bytes]) -> pa.Schema:
+    return pa.schema([pa.field(n, pa.string(), nullable=False) for n in ERROR_COLUMNS], metadata=metadata)
+
+
+# ------------------------------------------------------------------------------------------ writers
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression=COMPRESSION)
+
+
+def write_code_shard(path: str | Path, *, model_id: str, bits: int, image_ids: Sequence[str], paths: Sequence[str],
+                     codes: np.ndarray, boxes: np.ndarray, labels: Sequence[Sequence[str] | None] | None = None,
+                     features: np.ndarray | None = None, engine: str | None = None) -> None:
+    """Write one code shard: codes uint8 [N, bits/8], boxes int [N, 4], features float [N, D].
+
+    labels=None / features=None leave that column out; a None inside labels is a null row.
+    """
+    nbytes = bits // 8
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    n = len(image_ids)
+    if codes.shape != (n, nbytes):
+        raise ValueError(f"codes shape {codes.shape} is not [{n}, {nbytes}]")
+    boxes = np.ascontiguousarray(boxes, dtype=np.int32)
+    schema = codes_schema(bits, with_labels=labels is not None, store_features=features is not None,
+                          metadata=shard_metadata(model_id, bits, engine))
+    columns = [
+        pa.array(list(image_ids), pa.string()),
+        pa.array(list(paths), pa.string()),
+        pa.FixedSizeBinaryArray.from_buffers(pa.binary(nbytes), n, [None, pa.py_buffer(codes.tobytes())]),
+        pa.FixedSizeListArray.from_arrays(pa.array(boxes.reshape(-1), pa.int32()), 4),
+    ]
+    if labels is not None:
+        columns.append(pa.array([None if lb is None else list(lb) for lb in labels], pa.list_(pa.string())))
+    if features is not None:
+        features = np.asarray(features).astype(np.float16, copy=False)
+        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * features.shape[1], pa.int32())
+        columns.append(pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1), pa.float16())))
+    _write_parquet(pa.Table.from_arrays(columns, schema=schema), Path(path))
+
+
+def write_errors_shard(path: str | Path, errors: Sequence[tuple[str, str, str, str]], *, model_id: str, bits: int,
+                       engine: str | None = None) -> None:
+    """Write the (path, image_id, kind, message) of each image of a shard that failed."""
+    columns = [pa.array([e[i] for e in errors], pa.string()) for i in range(len(ERROR_COLUMNS))]
+    schema = errors_schema(shard_metadata(model_id, bits, engine))
+    _write_parquet(pa.Table.from_arrays(columns, schema=schema), Path(path))
+
+
+@dataclass
+class CodesManifest:
+    """The fields of _manifest.json. Readers use `shards[i]["file"]`; the rest describes the folder."""
+
+    model_id: str
+    bits: int
+    engine: str | None
+    with_labels: bool
+    store_features: bool
+    shards: list[dict]  # {"name", "file", "errors_file", "items", "encoded", "failed"} per shard, in order
+    counts: dict  # inputs, encoded, failed, ... over the folder
+    request: dict = field(default_factory=dict)  # the inputs and options that produced the folder
+    timing: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "format": MANIFEST_FORMAT,
+            "medhash_version": __version__,
+            "model_id": self.model_id,
+            "bits": self.bits,
+            "engine": self.engine,
+            "with_labels": self.with_labels,
+            "store_features": self.store_features,
+            "columns": code_columns(self.with_labels, self.store_features),
+            "request": self.request,
+            "counts": self.counts,
+            "shards": self.shards,
+            "timing": self.timing,
+        }
+
+
+def write_manifest(codes_dir: str | Path, manifest: CodesManifest) -> dict:
+    """Write _manifest.json atomically (the last file of a finished folder); returns what was written."""
+    data = manifest.to_json()
+    write_text_atomic(Path(codes_dir) / MANIFEST_FILE, json.dumps(data, indent=1))
+    return data
+
+
+def write_codes_manifest(codes_dir: str | Path, *, model_id: str, bits: int) -> dict:
+    """The manifest of the code shards already in a folder, read off their files (tests, benchmarks).
+
+    The encoder writes its own through `write_manifest`, with the counts of failed images and timings.
+    """
+    paths = _listed_shards(Path(codes_dir))
+    metas = [pq.read_metadata(p) for p in paths]
+    rows = [m.num_rows for m in metas]
+    names = metas[0].schema.to_arrow_schema().names if metas else []
+    engine = (metas[0].metadata or {}).get(META_ENGINE) if metas else None
+    shards = [{"name": p.name[: -len(".parquet")], "file": p.name, "items": r, "encoded": r, "failed": 0}
+              for p, r in zip(paths, rows)]
+    return write_manifest(codes_dir, CodesManifest(
+        model_id=model_id, bits=bits, engine=engine.decode() if engine is not None else None,
+        with_labels="labels" in names, store_features="features" in names, shards=shards,
+        counts={"inputs": sum(rows), "encoded": sum(rows), "failed": 0, "shards": len(shards)}))
+
+
+# ------------------------------------------------------------------------------------------ readers
+
+
+@dataclass(frozen=True)
+class CodeShard:
+    path: Path
+    model_id: str
+    bits: int
+    rows: int
+    has_labels: bool
+
+
+@dataclass(frozen=True)
+class CodeBatch:
+    """One batch of valid rows: the codes as uint8 [B, bits/8] and the columns read, as Arrow."""
+
+    codes: np.ndarray
+    image_ids: pa.Array  # string
+    columns: pa.RecordBatch  # code, image_id, and path, box, labels (when present) if asked for
+    skipped: int  # rows dropped because code or image_id was null
+
+
+def _listed_shards(codes_dir: Path) -> list[Path]:
+    """The folder's code shards by name (errors files left out), sorted."""
+    return sorted(p for p in codes_dir.glob(SHARD_GLOB) if not p.name.endswith(ERRORS_SUFFIX))
+
+
+def _shard_paths(codes_dir: Path) -> list[Path]:
+    manifest = codes_dir / MANIFEST_FILE
+    if manifest.exists():
+        try:
+            listed = json.loads(manifest.read_text(encoding="utf-8")).get("shards", [])
+            paths = [codes_dir / Path(entry["file"]).name for entry in listed]
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise CodeShardError(manifest, f"unreadable codes manifest: {exc}") from exc
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            raise CodeShardError(manifest, f"lists shard(s) that do not exist: {missing[:5]}")
+        if paths:
+            return paths
+    return _listed_shards(codes_dir)
+
+
+def open_shards(codes_dir: str | Path) -> list[CodeShard]:
+    """Validate every shard's schema and metadata up front (fail before any long pass).
+
+    Every problem in every shard is collected into one error, so a user fixes them in one go.
+    """
+    codes_dir = Path(codes_dir)
+    if not codes_dir.is_dir():
+        raise CodeShardError(codes_dir, "codes folder does not exist")
+    paths = _shard_paths(codes_dir)
+    if not paths:
+        raise CodeShardError(codes_dir, f"no {SHARD_GLOB} shards found")
+    shards, problems = [], []
+    for path in paths:
+        try:
+            shards.append(_inspect(path))
+        except CodeShardError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise CodeShardError(codes_dir, "bad shard(s): " + "; ".join(problems))
+    model_ids = {s.model_id for s in shards}
+    bits = {s.bits for s in shards}
+    if len(model_ids) > 1 or len(bits) > 1:
+        raise CodeShardError(codes_dir, f"shards disagree: model_ids {sorted(model_ids)}, bits {sorted(bits)}")
+    return shards
+
+
+def _inspect(path: Path) -> CodeShard:
+    try:
+        meta = pq.read_metadata(path)
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise CodeShardError(path, f"unreadable Parquet file: {exc}") from exc
+    kv = meta.metadata or {}
+    if META_MODEL_ID not in kv or META_BITS not in kv:
+        raise CodeShardError(path, "missing file metadata medhash.model_id / medhash.bits")
+    try:
+        bits = int(kv[META_BITS].decode())
+    except ValueError as exc:
+        raise CodeShardError(path, f"medhash.bits is not an integer: {kv[META_BITS]!r}") from exc
+    if bits <= 0 or bits % 8:
+        raise CodeShardError(path, f"medhash.bits={bits} is not a positive multiple of 8")
+    missing = [c for c in CODE_COLUMNS if c not in schema.names]
+    if missing:
+        raise CodeShardError(path, f"missing column(s) {missing}")
+    code_type = schema.field("code").type
+    if not (pa.types.is_fixed_size_binary(code_type) and code_type.byte_width == bits // 8):
+        raise CodeShardError(path, f"column code is {code_type}, expected fixed_size_binary[{bits // 8}]")
+    return CodeShard(path, kv[META_MODEL_ID].decode(), bits, meta.num_rows, "labels" in schema.names)
+
+
+def shard_model_id(path: Path) -> str | None:
+    """The model_id in a Parquet file's metadata (None: unreadable or not ours)."""
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+    except Exception:  # noqa: BLE001 - a damaged file simply has no usable id
+        return None
+    value = meta.get(META_MODEL_ID)
+    return value.decode() if value is not None else None
+
+
+def codes_to_array(column: pa.Array, nbytes: int) -> np.ndarray:
+    """fixed_size_binary[nbytes] Arrow array without nulls -> uint8 [N, nbytes] (zero-copy view)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    buf = column.buffers()[1]
+    flat = np.frombuffer(buf, dtype=np.uint8, count=(column.offset + len(column)) * nbytes)
+    return flat[column.offset * nbytes:].reshape(len(column), nbytes)
+
+
+def iter_batches(shard: CodeShard, *, with_ids: bool = True, batch_rows: int = BATCH_ROWS) -> Iterator[CodeBatch]:
+    """Yield the valid rows of one shard; rows with a null code or image_id are skipped and counted.
+
+    with_ids=False reads only the code and image_id columns (the cheap pre-pass); with_ids=True
+    adds path, box and labels (when the shard has them).
+    """
+    nbytes = shard.bits // 8
+    columns = ["code", "image_id"]
+    if with_ids:
+        columns += ["path", "box"] + (["labels"] if shard.has_labels else [])
+    try:
+        reader = pq.ParquetFile(shard.path, pre_buffer=False, buffer_size=1 << 20)
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):
+            valid = pc.and_(pc.is_valid(batch.column("code")), pc.is_valid(batch.column("image_id")))
+            skipped = batch.num_rows - pc.sum(valid).as_py() if batch.num_rows else 0
+            if skipped:
+                log.warning("%s: skipping %d row(s) with a null code or image_id", shard.path, skipped)
+                batch = batch.filter(valid)
+            yield CodeBatch(
+                codes=codes_to_array(batch.column("code"), nbytes),
+                image_ids=batch.column("image_id").cast(pa.string()),
+                columns=batch,
+                skipped=skipped,
+            )
+    except (OSError, pa.ArrowException) as exc:
+        raise CodeShardError(shard.path, f"read failed: {exc}") from exc
