@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 from serve_support import ServedArchive, archived_codes, live_server
 
+from medhash.data.overlay import BOX_COLOR
+from medhash.encoding import EncodeResult
 from medhash.index import BuildConfig, build_index
 from medhash.index.codes_io import write_code_shard, write_codes_manifest
-from medhash.index.overlay import BOX_COLOR
 from medhash.index.store import load_manifest
-from medhash.model.encoder import EncodeResult
 from medhash.serve.batcher import EncodeBatcher
 
 
