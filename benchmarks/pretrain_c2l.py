@@ -12,7 +12,7 @@
    random weights. The random-init arm runs first (before pretraining): its wall time tells how
    much of the budget is left for pretraining.
 3. Tie-aware retrieval mAP of each with fold 4 as queries and folds 0-3 as the database
-   (medhash.eval.evaluate.evaluate_model).
+   (medhash.app.evaluate.evaluate_model).
 Writes map_c2l_init, map_random_init, the pretraining loss curve, wall times, machine and versions.
 Without CUDA it runs the cpu sizes: DenseNet-121 at 128 px, 8 pretraining epochs and train_nih's
 cpu profile. --mode quick runs the quick sizes: a tiny backbone at 64 px, 1 pretraining
@@ -133,7 +133,7 @@ def main() -> None:
 
     import torch
 
-    from medhash.eval.evaluate import EvaluateConfig, evaluate_model
+    from medhash.app.evaluate import EvaluateConfig, evaluate_model
     from medhash.train import train
     from medhash.train.pretrain import pretrain
 

@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_DATA_ROOT, machine_info, write_result  # noqa: E402
 
+from medhash.app.evaluate import encode_records, localization_report  # noqa: E402
 from medhash.data.boxes import read_reference_boxes  # noqa: E402
 from medhash.data.labels import read_label_table  # noqa: E402
-from medhash.eval.evaluate import encode_records, localization_report  # noqa: E402
 from medhash.eval.metrics import evaluate_codes  # noqa: E402
 from medhash.model import ModelConfig, load_encoder, load_model, pack_codes  # noqa: E402
 from medhash.model.losses import LossWeights  # noqa: E402

@@ -14,7 +14,7 @@ from medhash.cli import main
 from medhash.data import read_image, read_label_table
 from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
 from medhash.index import BuildConfig, HammingIndex, build_index
-from medhash.index.query import query_images
+from medhash.app.query import query_images
 from medhash.model import AGHashNet, ModelConfig, load_encoder, save_checkpoint
 from medhash.pipeline import EncodeJobConfig, run_encode
 

@@ -439,8 +439,8 @@ def model_and_archive(tmp_path_factory):
 def test_query_images_finds_itself_and_draws_overlays(model_and_archive, tmp_path):
     from PIL import Image
 
-    from medhash.index.overlay import BOX_COLOR
-    from medhash.index.query import query_images
+    from medhash.data.overlay import BOX_COLOR
+    from medhash.app.query import query_images
 
     root, model_path, paths, encoded = model_and_archive
     results = query_images(root / "idx", model_path, [paths[3], tmp_path / "missing.png"], k=4, with_ties=True,
@@ -457,7 +457,7 @@ def test_query_images_finds_itself_and_draws_overlays(model_and_archive, tmp_pat
 
 
 def test_query_refuses_another_model(model_and_archive):
-    from medhash.index.query import query_images
+    from medhash.app.query import query_images
 
     root, _, paths, _ = model_and_archive
     with pytest.raises(IndexManifestError, match="is not the model"):

@@ -17,9 +17,9 @@ from PIL import Image
 from serve_support import ServedArchive, archived_codes, live_server
 
 from medhash.codes_format import write_code_shard, write_codes_manifest
+from medhash.data.overlay import BOX_COLOR
+from medhash.encoding import EncodeResult
 from medhash.index import BuildConfig, build_index, load_manifest
-from medhash.index.overlay import BOX_COLOR
-from medhash.model.encoder import EncodeResult
 from medhash.serve.batcher import EncodeBatcher
 
 

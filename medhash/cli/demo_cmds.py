@@ -13,7 +13,7 @@ import click
 @click.option("--seed", default=0, show_default=True)
 def demo_cmd(out, n_phantoms, image_size, bits, seed):
     """Generate phantoms, train a small model, evaluate it; prints mAP and the pointing game."""
-    from medhash.demo import DemoConfig, run_demo
+    from medhash.app.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, n_phantoms=n_phantoms, image_size=image_size, bits=bits, seed=seed), echo=click.echo)
 

@@ -74,7 +74,7 @@ def train_cmd(labels, image_root, out, bits, backbone, global_size, local_size, 
 def evaluate_cmd(model, labels, image_root, query_folds, ks, boxes, engine, device, json_out):
     """Retrieval mAP (tie-aware and stable order), mAP@k, P@k, R@k; pointing game on reference boxes."""
     from medhash.atomic import write_text_atomic
-    from medhash.eval.evaluate import EvaluateConfig, evaluate_model
+    from medhash.app.evaluate import EvaluateConfig, evaluate_model
 
     report = evaluate_model(EvaluateConfig(model=model, labels=labels, image_root=image_root, query_folds=int_list(query_folds),
                                            ks=tuple(ks), boxes=tuple(boxes), device=device, engine=engine))

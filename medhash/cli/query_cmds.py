@@ -43,7 +43,7 @@ def _table(results) -> str:
 def query_cmd(index_dir, model_path, images, k, with_ties, as_json, overlay_dir, image_root, mmap, device, nprobe,
               ef_search) -> None:
     """Find the archived cases closest to each IMAGE (Hamming distance of hash codes)."""
-    from medhash.index.query import query_images
+    from medhash.app.query import query_images
 
     results = query_images(index_dir, model_path, list(images), k, with_ties, overlay_dir, device=device, mmap=mmap,
                            nprobe=nprobe, ef_search=ef_search, image_root=image_root)

@@ -1,38 +1,23 @@
-"""HashEncoder: the one inference path (`encode`) that the pipeline, index queries and server use.
+"""HashEncoder: the one inference path (`encode`) that the pipeline, the query workflows and the server use.
 
 It wraps a trained AGHashNet with an execution engine picked from a registry:
 fp32, or bf16 autocast + channels_last (2-3x faster on CPUs with AMX, and on GPUs).
+It satisfies medhash.encoding.ImageEncoder, the contract its callers type against; EncodeResult
+lives there (torch-free) and is re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from medhash.encoding import EncodeResult  # re-exported: medhash.model.EncodeResult
 from medhash.model.checkpoint import load_model
 from medhash.model.hashnet import AGHashNet, pack_codes
-
-
-@dataclass
-class EncodeResult:
-    codes: np.ndarray  # uint8 [B, bits/8], packed sign of the hash layer
-    boxes: np.ndarray  # int32 [B, 4] (x0, y0, x1, y1) in each source image's pixels
-    saliency: np.ndarray  # float32 [B, S, S] in [0, 1], S = global_size
-    logits: np.ndarray  # float32 [B, C] classifier on the hash layer
-    features: np.ndarray | None = None  # float32 [B, fusion_dim] continuous fused features
-
-    @staticmethod
-    def concat(parts: Sequence["EncodeResult"]) -> "EncodeResult":
-        def cat(name: str):
-            values = [getattr(p, name) for p in parts]
-            return None if any(v is None for v in values) else np.concatenate(values)
-
-        return EncodeResult(**{name: cat(name) for name in ("codes", "boxes", "saliency", "logits", "features")})
 
 
 def cpu_supports_bf16() -> bool:
@@ -133,6 +118,3 @@ class HashEncoder:
 
 def load_encoder(path: str | Path, device: str = "cpu", engine: str = "auto", batch_size: int = 32) -> HashEncoder:
     return HashEncoder.from_checkpoint(path, device, engine, batch_size)
-
-
-EncoderBuilder = Callable[[], HashEncoder]

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medhash.model.encoder import EncodeResult
+from medhash.encoding import EncodeResult
 
 log = logging.getLogger(__name__)
 

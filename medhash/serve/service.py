@@ -18,10 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import numpy as np
+import torch
 
 from medhash import __version__
+from medhash.app.query import check_model
+from medhash.data.decode import DEFAULT_MAX_PIXELS, read_image
+from medhash.data.overlay import render_overlay
+from medhash.encoding import ImageEncoder
 from medhash.errors import ArchiveAccessError, ImageDecodeError
-from medhash.index import SearchParams
+from medhash.index import HammingIndex, SearchParams
+from medhash.model import load_encoder
 from medhash.serve.archive import ArchiveFiles
 from medhash.serve.batcher import EncodeBatcher, EncodedImage
 from medhash.serve.config import ServeConfig
@@ -81,9 +87,7 @@ class LruCache:
 
 
 class SearchService:
-    def __init__(self, index, encoder, config: ServeConfig):
-        from medhash.index.query import check_model
-
+    def __init__(self, index: HammingIndex, encoder: ImageEncoder, config: ServeConfig):
         check_model(index, encoder)
         self.index, self.encoder, self.config = index, encoder, config
         self.archive = ArchiveFiles(config.archive_root)
@@ -100,11 +104,6 @@ class SearchService:
 
     @classmethod
     def open(cls, config: ServeConfig) -> "SearchService":
-        import torch
-
-        from medhash.index import HammingIndex
-        from medhash.model import load_encoder
-
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         index = HammingIndex(config.index, mmap=config.mmap)
@@ -134,9 +133,6 @@ class SearchService:
         return k
 
     async def decode(self, data: bytes, name: str) -> np.ndarray:
-        from medhash.data import read_image
-        from medhash.data.decode import DEFAULT_MAX_PIXELS
-
         limit = self.config.max_pixels or DEFAULT_MAX_PIXELS
         loop = asyncio.get_running_loop()
         try:
@@ -245,8 +241,6 @@ class SearchService:
 def _render_thumbnail(image: np.ndarray, encoded: EncodedImage | None, size: int) -> bytes:
     """PNG, longest side `size`; with `encoded`, its saliency map and crop box drawn (archived hits store only
     their box, so their overlays come from re-encoding the image)."""
-    from medhash.index.overlay import render_overlay
-
     if encoded is None:
         picture = render_overlay(image)
     else:

@@ -1,8 +1,10 @@
-"""query_images: encode images with the model, search the index, optionally draw overlays.
+"""query_images: decode images, encode them with the model, search the index, optionally draw overlays.
 
-Uses only the model contract (load_encoder -> encoder.model_id, .bits, .encode_images -> codes,
-boxes, saliency) and refuses a model whose model_id differs from the index's: codes of another
-model live in another Hamming space, and their distances would be meaningless.
+A workflow above the index: it combines decoding (data), the encoder (model) and the index, which
+know nothing of each other. It uses only the ImageEncoder contract (model_id, bits, encode_images ->
+codes, boxes, saliency) and refuses a model whose model_id differs from the index's (check_model,
+which the server calls too): codes of another model live in another Hamming space, and their
+distances would be meaningless.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from typing import Sequence
 
 import numpy as np
 
+from medhash.data.decode import read_image
+from medhash.data.overlay import render_overlay, safe_name, save_png
+from medhash.encoding import ImageEncoder
 from medhash.errors import ImageDecodeError, IndexManifestError
-from medhash.index.hamming_index import HammingIndex
-from medhash.index import IdRecord
-from medhash.index.overlay import render_overlay, safe_name, save_png
+from medhash.index import HammingIndex, IdRecord
+from medhash.model import load_encoder
+
+__all__ = ["QueryHit", "QueryResult", "check_model", "query_images"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,8 @@ class QueryResult:
     error: str | None = None  # set when this image could not be decoded; the others still run
 
 
-def check_model(index: HammingIndex, encoder) -> None:
+def check_model(index: HammingIndex, encoder: ImageEncoder) -> None:
+    """Raise IndexManifestError unless the encoder is the model the index was built with."""
     if encoder.model_id != index.model_id or encoder.bits != index.bits:
         raise IndexManifestError(index.index_dir, f"model {encoder.model_id!r} ({encoder.bits} bits) is not the model "
                                  f"this index was built with: {index.model_id!r} ({index.bits} bits)")
@@ -53,15 +60,11 @@ def query_images(index_dir: str | Path, model_path: str | Path | None, image_pat
                  k: int = 10, with_ties: bool = False, overlay_dir: str | Path | None = None, *,
                  device: str = "cpu", mmap: bool = False, nprobe: int | None = None, ef_search: int | None = None,
                  image_root: str | Path | None = None, index: HammingIndex | None = None,
-                 encoder=None) -> list[QueryResult]:
+                 encoder: ImageEncoder | None = None) -> list[QueryResult]:
     """One QueryResult per image, in order. An open `index` / loaded `encoder` may be passed to reuse them;
     `image_root` resolves relative hit paths of ids.parquet for overlays."""
-    from medhash.data import read_image
-
     index = index or HammingIndex(index_dir, mmap=mmap)
     if encoder is None:
-        from medhash.model import load_encoder
-
         encoder = load_encoder(model_path, device=device)
     check_model(index, encoder)
 
@@ -92,8 +95,6 @@ def query_images(index_dir: str | Path, model_path: str | Path | None, image_pat
 
 def _write_overlays(out: Path, number: int, result: QueryResult, image: np.ndarray, saliency: np.ndarray,
                     records: list[IdRecord], image_root: str | Path | None) -> list[str]:
-    from medhash.data import read_image
-
     stem = f"q{number:02d}-{safe_name(Path(result.image).stem)}"
     written = [str(save_png(render_overlay(image, result.box, saliency), out / f"{stem}-query.png"))]
     for hit, rec in zip(result.hits, records):

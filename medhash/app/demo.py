@@ -8,6 +8,8 @@ Each stage is a library call; this module only strings them together and prints.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -15,6 +17,22 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from medhash.app.demo_report import write_demo_report
+from medhash.app.evaluate import EvaluateConfig, evaluate_model
+from medhash.app.query import query_images
+from medhash.atomic import write_text_atomic
+from medhash.bench.run import BenchConfig, run_bench
+from medhash.data import read_image, read_label_table
+from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
+from medhash.index import BuildConfig, build_index
+from medhash.model import ModelConfig
+from medhash.pipeline import EncodeJobConfig, run_encode
+from medhash.serve import SearchService, ServeConfig
+from medhash.serve.background import serve_in_background
+from medhash.train import TrainConfig, train
+
+__all__ = ["DemoConfig", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -27,17 +45,6 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
-    from medhash.atomic import write_text_atomic
-    from medhash.data import read_image, read_label_table
-    from medhash.demo_report import write_demo_report
-    from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
-    from medhash.eval.evaluate import EvaluateConfig, evaluate_model
-    from medhash.index import BuildConfig, build_index
-    from medhash.index.query import query_images
-    from medhash.pipeline import EncodeJobConfig, run_encode
-    from medhash.model import ModelConfig
-    from medhash.train import TrainConfig, train
-
     out = Path(config.out).resolve()  # absolute: the index records these paths and the server resolves them
     summary: dict = {}
     t0 = time.perf_counter()
@@ -116,11 +123,6 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
 
 def fold_table(labels_csv: Path, fold: int, out: Path) -> Path:
     """The rows of one fold of a phantom label table (the demo's labeled query set)."""
-    import csv
-    import io
-
-    from medhash.atomic import write_text_atomic
-
     with open(labels_csv, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         rows = [row for row in reader if row.get("dev_fold") == str(fold)]
@@ -134,10 +136,6 @@ def fold_table(labels_csv: Path, fold: int, out: Path) -> Path:
 
 def serve_and_bench(out: Path, labels_csv: Path, model_path: Path) -> dict:
     """`medhash serve` in a background thread on a free loopback port, measured by `medhash bench --url`."""
-    from medhash.bench.run import BenchConfig, run_bench
-    from medhash.serve import SearchService, ServeConfig
-    from medhash.serve.background import serve_in_background
-
     queries = fold_table(labels_csv, 4, out / "queries-fold4.csv")
     service = SearchService.open(ServeConfig(index=str(out / "index"), model=str(model_path), archive_root=str(out)))
     with serve_in_background(service) as url:

@@ -10,7 +10,11 @@ import html
 import os
 from pathlib import Path
 
+from medhash.app.query import QueryResult
 from medhash.atomic import write_text_atomic
+from medhash.data.labels import LabelRecord
+
+__all__ = ["write_demo_report"]
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1b2430;padding:0 1rem}
@@ -31,8 +35,9 @@ def _chips(labels) -> str:
     return "".join(f'<span class="chip">{_e(label)}</span>' for label in labels) or '<span class="chip">-</span>'
 
 
-def write_demo_report(out: Path, summary: dict, queries: list[tuple], bench: dict | None) -> Path:
-    """queries: (query record, QueryResult) pairs whose `overlays` were written under `out`."""
+def write_demo_report(out: Path, summary: dict, queries: list[tuple[LabelRecord, QueryResult]],
+                      bench: dict | None) -> Path:
+    """queries: (query record, its QueryResult) pairs whose `overlays` were written under `out`."""
     out = Path(out)
     rel = lambda p: _e(os.path.relpath(p, out))  # noqa: E731
     ev = summary.get("evaluate", {})

@@ -1,4 +1,8 @@
-"""Overlay PNGs for query results: the radiograph, its saliency heat map blended in, the crop box drawn."""
+"""Overlay pictures of radiographs: the image, its saliency heat map blended in, the crop box drawn; PNG writing.
+
+Drawing needs only numpy and PIL, so it sits with the other image helpers of the data layer: the
+query workflow writes these PNGs, the server renders thumbnails with them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from medhash.atomic import atomic_path
+
+__all__ = ["BOX_COLOR", "render_overlay", "safe_name", "save_png"]
 
 BOX_COLOR = (0, 255, 0)  # pure green: not produced by the grey image or the red heat map
 HEAT_ALPHA = 0.45

@@ -1,12 +1,13 @@
 """`evaluate_model`: encode a labeled set with a checkpoint and report retrieval and localization figures.
 
 Queries are the images of `query_folds`, the database every other image of the
-table (or `db_folds`); relevance = sharing at least one label.
+table (or `db_folds`); relevance = sharing at least one label. A workflow above eval: it
+combines decoding (data) and the encoder (model) with the metrics of medhash.eval, which
+work on codes and boxes alone.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,10 +18,12 @@ from medhash.data.boxes import read_reference_boxes
 from medhash.data.decode import read_image
 from medhash.data.labels import LabelRecord, multi_hot, read_label_table
 from medhash.data.splits import assign_folds
+from medhash.encoding import EncodeResult, ImageEncoder
 from medhash.errors import ImageDecodeError
-from medhash.model.encoder import EncodeResult, HashEncoder, load_encoder
+from medhash.eval import best_iou, evaluate_codes, pointing_game
+from medhash.model import load_encoder
 
-log = logging.getLogger(__name__)
+__all__ = ["EncodedSet", "EvaluateConfig", "encode_records", "evaluate_model", "localization_report"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class EncodedSet:
         return EncodedSet([self.records[i] for i in rows], EncodeResult(**picked), [self.sizes[i] for i in rows])
 
 
-def encode_records(encoder: HashEncoder, records: Sequence[LabelRecord], batch_size: int = 32) -> EncodedSet:
+def encode_records(encoder: ImageEncoder, records: Sequence[LabelRecord], batch_size: int = 32) -> EncodedSet:
     """Decode and encode records in batches; unreadable images are reported and left out."""
     kept, parts, sizes, failures = [], [], [], []
     for start in range(0, len(records), batch_size):
@@ -75,8 +78,6 @@ def encode_records(encoder: HashEncoder, records: Sequence[LabelRecord], batch_s
 
 def localization_report(encoded: EncodedSet, box_tables: Sequence[str]) -> dict[str, Any]:
     """Pointing game (saliency peak inside a reference box) and IoU of the crop box, per box table."""
-    from medhash.eval.localization import best_iou, pointing_game
-
     report = {}
     for table in box_tables:
         side = encoded.sizes[0][0] if encoded.sizes else 256
@@ -97,8 +98,6 @@ def localization_report(encoded: EncodedSet, box_tables: Sequence[str]) -> dict[
 
 
 def evaluate_model(config: EvaluateConfig) -> dict[str, Any]:
-    from medhash.eval.metrics import evaluate_codes
-
     encoder = load_encoder(config.model, config.device, config.engine, config.batch_size)
     table = read_label_table(config.labels, config.image_root, encoder.classes)
     folds = assign_folds(table.records, seed=config.seed)
