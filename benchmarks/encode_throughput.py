@@ -1,6 +1,6 @@
 """Throughput of the encoding pipeline against the bare model, and the engines, on this machine.
 
-    .venv/bin/python benchmarks/encode_throughput.py [--n 1000] [--n-large 4000]
+    python -m benchmarks.encode_throughput [--n 1000] [--n-large 4000]
 
 Model: DenseNet-121 AGHashNet at 224 px, untrained (throughput does not depend on the weights);
 its hash layer is centred on a few images so that its bits vary and the bf16-vs-fp32 bit
@@ -30,12 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # medhash, also where it is not installed
-from medhash.bench.machine import machine_info  # noqa: E402
+from benchmarks.common import DEFAULT_DATA_ROOT, RESULTS, write_result
+from medhash.bench.machine import machine_info
 
-SHARED_DEV = REPO.parent / "shared" / "data" / "nih-cxr14-dev" / "images"
-RESULT = REPO / "benchmarks" / "results" / "encode_throughput.json"
+SHARED_DEV = DEFAULT_DATA_ROOT / "nih-cxr14-dev" / "images"
 
 
 def machine() -> dict:
@@ -159,10 +157,9 @@ def main() -> None:
     parser.add_argument("--bare-images", type=int, default=128, help="images for the bare rate (0: all --n)")
     parser.add_argument("--adjacent-bare-images", type=int, default=64, help="bare rate re-measured before each row")
     parser.add_argument("--shard-size", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--out", type=Path, default=RESULTS / "encode_throughput.json")
     args = parser.parse_args()
 
-    from medhash.atomic import write_text_atomic
     from medhash.data.decode import read_image
     from medhash.model.encoder import default_engine
     from medhash.pipeline.cluster import available_cores
@@ -189,8 +186,7 @@ def main() -> None:
                                "shared the cores, so absolute figures are low and noisy; the bare and pipeline figures "
                                "come from the same run")
         result["seconds"] = round(time.perf_counter() - started, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.out, json.dumps(result, indent=1))
+        write_result(args.out, result)
 
     with tempfile.TemporaryDirectory(prefix="medhash-bench-") as tmp:
         work = Path(tmp)

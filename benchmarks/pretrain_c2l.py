@@ -1,13 +1,13 @@
 """Does C2L pretraining help? Pretrain on all dev images (labels unused), then train twice at 64 bits.
 
-    python benchmarks/pretrain_c2l.py --data-root ../shared/data --out benchmarks/results/pretrain_c2l.json
-    python benchmarks/pretrain_c2l.py --mode cpu     # the 2-core CPU: 128 px, 8 pretraining epochs, ~2 h on 1 thread
-    python benchmarks/pretrain_c2l.py --data-root ../shared/data --out /tmp/c2l.json --mode quick   # CPU smoke, ~3 min
+    python -m benchmarks.pretrain_c2l --data-root ../shared/data --out benchmarks/results/pretrain_c2l.json
+    python -m benchmarks.pretrain_c2l --mode cpu     # a CPU: 128 px, 8 pretraining epochs
+    python -m benchmarks.pretrain_c2l --data-root ../shared/data --out /tmp/c2l.json --mode quick   # CPU smoke
 
 1. C2L pretraining of the backbone on every image of nih-cxr14-dev (its labels are not read).
    Full mode (a GPU): DenseNet-121 at 224 px, batch 128; the epoch count (10 to 200) fills what the
    two trainings leave of --total-budget-s (default 300 s), from a 2-epoch calibration run's images/s.
-2. The training of benchmarks/train_nih.py (its `base_config` and profile: gpu in full mode, 64 bits,
+2. The training of benchmarks.train_nih (its `base_config` and profile: gpu in full mode, 64 bits,
    folds 0-3) twice, with equal budgets: both branches initialized from the C2L backbone, and from
    random weights. The random-init arm runs first (before pretraining): its wall time tells how
    much of the budget is left for pretraining.
@@ -32,10 +32,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # medhash, also where it is not installed
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA_ROOT, REPO, machine_info, write_result  # noqa: E402
-from train_nih import PROFILES, base_config  # noqa: E402
+from benchmarks.common import DEFAULT_DATA_ROOT, RESULTS, write_result
+from benchmarks.train_nih import PROFILES, base_config
+from medhash.bench.machine import machine_info
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ def curve_note(losses: list[float], map_c2l: float, map_random: float, mode: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="Folder holding nih-cxr14-dev/labels.csv.")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_c2l.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "pretrain_c2l.json")
     parser.add_argument("--mode", choices=("auto", *MODES), default="auto",
                         help="Sizes: full (a GPU), cpu (the 2-core CPU, ~2 h), quick (smoke). auto: full with CUDA, else cpu.")
     parser.add_argument("--device", default="auto")

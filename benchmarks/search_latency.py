@@ -1,7 +1,7 @@
 """Search latency, throughput and tie-aware recall of every index kind against raw faiss.IndexBinaryFlat.
 
-    .venv/bin/python benchmarks/search_latency.py                    # 1M and 10M (about 20 min on 2 cores)
-    .venv/bin/python benchmarks/search_latency.py --sizes 100000     # quick run
+    python -m benchmarks.search_latency                    # 1M and 10M codes
+    python -m benchmarks.search_latency --sizes 100000     # quick run
 
 For each size n and data distribution (uniform random 64-bit codes; clustered codes = cluster
 centres with independent bit flips, or real codes from --clustered-codes replicated with bit
@@ -28,17 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import faiss  # noqa: E402
-
-from medhash.atomic import write_text_atomic  # noqa: E402
-from medhash.bench.machine import machine_info  # noqa: E402
-from medhash.codes_format import write_code_shard, write_codes_manifest  # noqa: E402
-from medhash.index import BuildConfig, HammingIndex, ThreadPolicy, build_index  # noqa: E402
+from benchmarks.common import REPO, RESULTS, write_result
+from medhash.bench.machine import machine_info
+from medhash.codes_format import write_code_shard, write_codes_manifest
+from medhash.index import BuildConfig, HammingIndex, ThreadPolicy, build_index
 
 BITS = 64
 K = 100
@@ -212,7 +208,6 @@ def omp_study(n: int, rng, queries: int = 100) -> dict:
 BUILD_PROBE = r"""
 import json, sys, time
 import faiss, pyarrow, numpy
-sys.path.insert(0, sys.argv[3])
 from medhash.index import BuildConfig, build_index
 
 def status(key):  # VmHWM, not ru_maxrss: an exec'd child's ru_maxrss includes the parent's RSS at fork
@@ -230,8 +225,10 @@ print(json.dumps({"seconds": time.perf_counter() - t, "baseline_rss_bytes": base
 
 def build_memory(codes_dir: Path, work: Path) -> dict:
     out = work / "mem-idx"
-    proc = subprocess.run([sys.executable, "-c", BUILD_PROBE, str(codes_dir), str(out), str(ROOT)],
-                          capture_output=True, text=True, check=True)
+    # The probe imports medhash from this checkout, installed or not (PYTHONPATH, as `python -m` does for us).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", BUILD_PROBE, str(codes_dir), str(out)],
+                          capture_output=True, text=True, check=True, env=env)
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     index_bytes = (out / "index.faiss").stat().st_size
     ids_bytes = (out / "ids.parquet").stat().st_size
@@ -338,11 +335,11 @@ def update_build_memory(out: Path, n: int, rng, work: Path) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     entry["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    entry["medhash_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+    entry["medhash_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                              capture_output=True, text=True).stdout.strip()
     result.setdefault("build_memory_history", []).append(result.get("build_memory"))
     result["build_memory"] = entry
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(json.dumps({"build_memory": entry}))
 
 
@@ -368,7 +365,7 @@ def main() -> None:
                     help="only re-measure build memory at --memory-n and replace that entry of --out (rows kept)")
     ap.add_argument("--omp-study-n", type=int, default=1_000_000)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_latency.json"))
+    ap.add_argument("--out", default=str(RESULTS / "search_latency.json"))
     args = ap.parse_args()
     args.kinds = [k for k in args.kinds.split(",") if k]
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -416,7 +413,7 @@ def main() -> None:
         notes["measured"] = result["started"]
     if args.merge and Path(args.out).exists():
         merge_previous(result, json.loads(Path(args.out).read_text()))
-    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out} in {result['seconds']} s")
 
 

@@ -1,9 +1,9 @@
 """Load on a real `medhash serve`: 2,000 image searches at concurrency 16 over HTTP, against the same in process.
 
-    .venv/bin/python benchmarks/serve_load.py              # about 1-2 minutes on 2 cores
-    .venv/bin/python benchmarks/serve_load.py --requests 200
+    python -m benchmarks.serve_load
+    python -m benchmarks.serve_load --requests 200
 
-The archive is the test suite's (tests/serve_support.make_served_archive: 48 phantoms of 64x64, a
+The archive is the test suite's (medhash.app.fixtures.make_served_archive: 48 phantoms of 64x64, a
 tiny untrained model, a flat index of 32-bit codes), built in a temp folder. `medhash serve` runs as
 a subprocess on 127.0.0.1 (a free port; engine fp32; every core); the load comes from this process
 through the bench library's HttpClient (httpx, keep-alive, 16 connections): image uploads cycling
@@ -26,19 +26,15 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from common import machine_info, write_result  # noqa: E402
-from serve_support import make_served_archive  # noqa: E402
-
-from medhash.model import ModelConfig  # noqa: E402
-from medhash.serve.background import free_port  # noqa: E402
-
-from medhash.bench.clients import HttpClient, InProcessClient  # noqa: E402
-from medhash.bench.load import run_load  # noqa: E402
-from medhash.bench.queries import load_query_set  # noqa: E402
-from medhash.bench.run import image_search  # noqa: E402
+from benchmarks.common import RESULTS, write_result
+from medhash.app.fixtures import make_served_archive
+from medhash.bench.clients import HttpClient, InProcessClient
+from medhash.bench.load import run_load
+from medhash.bench.machine import machine_info
+from medhash.bench.queries import load_query_set
+from medhash.bench.run import image_search
+from medhash.model import ModelConfig
+from medhash.serve.background import free_port
 
 WARMUP = 64
 KEYS = ("requests", "failed", "concurrency", "p50_ms", "p95_ms", "p99_ms", "throughput_rps")
@@ -97,7 +93,7 @@ def main() -> None:
     parser.add_argument("--engine", default="fp32")
     parser.add_argument("--batching-requests", type=int, default=320,
                         help="requests per arm of the batching study (0 skips it)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "serve_load.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="medhash-serve-load-") as tmp:

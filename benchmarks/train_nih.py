@@ -7,14 +7,13 @@ floors (random codes; sign of random projections of 32x32 thumbnails). All varia
 share the backbone stages (trained once; see medhash.train.trainer.STAGE_FIELDS) and
 differ in the hash stage. Also the pointing game on the images with reference boxes.
 
-    python benchmarks/train_nih.py --profile auto --out benchmarks/results/train_nih.json
+    python -m benchmarks.train_nih --profile auto --out benchmarks/results/train_nih.json
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,18 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA_ROOT, machine_info, write_result  # noqa: E402
-
-from medhash.app.evaluate import encode_records, localization_report  # noqa: E402
-from medhash.data.boxes import read_reference_boxes  # noqa: E402
-from medhash.data.labels import read_label_table  # noqa: E402
-from medhash.eval.metrics import evaluate_codes  # noqa: E402
-from medhash.model import ModelConfig, load_encoder, load_model, pack_codes  # noqa: E402
-from medhash.model.losses import LossWeights  # noqa: E402
-from medhash.train import TrainConfig, train  # noqa: E402
-from medhash.train.data import load_image_set  # noqa: E402
-from medhash.train.trainer import Trainer  # noqa: E402
+from benchmarks.common import DEFAULT_DATA_ROOT, RESULTS, write_result
+from medhash.app.evaluate import encode_records, localization_report
+from medhash.bench.machine import machine_info
+from medhash.data.boxes import read_reference_boxes
+from medhash.data.labels import read_label_table
+from medhash.eval.metrics import evaluate_codes
+from medhash.model import ModelConfig, load_encoder, load_model, pack_codes
+from medhash.train import TrainConfig, train
+from medhash.train.data import load_image_set
+from medhash.train.trainer import Trainer
 
 log = logging.getLogger("train_nih")
 
@@ -62,7 +59,7 @@ VARIANTS = ("full", "global_only", "local_only", "no_quantization", "no_bit_bala
 
 
 def base_config(profile: Profile, data_root: Path, bits: int, out: Path, work_dir: Path, device: str = "auto") -> TrainConfig:
-    """The training run of this benchmark at one bit length (also used by pretrain_c2l.py)."""
+    """The training run of this benchmark at one bit length (also used by benchmarks.pretrain_c2l)."""
     model = ModelConfig(backbone=profile.backbone, bits=bits, global_size=profile.size, local_size=profile.size)
     return TrainConfig(labels=str(data_root / "nih-cxr14-dev" / "labels.csv"), out=str(out), model=model, load_size=256,
                        epochs_global=profile.epochs_global, epochs_local=profile.epochs_local, epochs_hash=profile.epochs_hash,
@@ -93,7 +90,7 @@ def pixel_lsh_codes(images: torch.Tensor, db_rows: np.ndarray, bits: int, seed: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_nih.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "train_nih.json")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/medhash-train-nih"))
     ap.add_argument("--profile", choices=["auto", *PROFILES], default="auto")
     ap.add_argument("--bits", default="16,32,48,64")

@@ -43,11 +43,6 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
             yield fh
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    with atomic_write(path, "wb") as fh:
-        fh.write(data)
-
-
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write(text)

@@ -29,10 +29,3 @@ class Timings:
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 4) for k, v in self.seconds.items()}
-
-
-@contextlib.contextmanager
-def timed(name: str) -> Iterator[None]:
-    """Log how long a block took (for one-off stages without a Timings object)."""
-    with Timings()(name):
-        yield

@@ -25,7 +25,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def served_archive(tmp_path_factory):
-    """A small phantom archive with a tiny model and a flat index (see tests/serve_support.py)."""
-    from serve_support import make_served_archive
+    """A small phantom archive with a tiny model and a flat index (medhash.app.fixtures)."""
+    # Imported here, not at the top: it loads torch, which must start after OMP_NUM_THREADS is set above.
+    from medhash.app.fixtures import make_served_archive
 
     return make_served_archive(tmp_path_factory.mktemp("served"))

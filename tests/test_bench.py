@@ -25,6 +25,9 @@ from medhash.eval.metrics import evaluate_codes
 from medhash.index import BuildConfig, build_index
 from medhash.model import load_encoder
 
+# Load against live servers: a hang (a stuck socket, a lost request) should fail fast.
+pytestmark = [pytest.mark.timeout(120)]
+
 KS = (5, 10)
 
 
@@ -114,8 +117,7 @@ def test_truncated_ranking_reports_map_at_k(spread, tmp_path):
 
 
 def test_http_bench_matches_in_process(spread, in_process_report, tmp_path):
-    config = spread["archive"].config(index=str(spread["index"]), token="s3cret")
-    with live_server(config) as url:
+    with live_server(spread["archive"], index=str(spread["index"]), token="s3cret") as url:
         report = run_bench(BenchConfig(queries=str(spread["archive"].labels_csv), out=str(tmp_path), url=url,
                                        token="s3cret", concurrency=(2,), requests=10, ks=KS))
         with pytest.raises(SearchRequestError, match="401"):
@@ -170,6 +172,7 @@ def test_run_load_counts_failures_and_stops_at_its_time_limit():
     assert bounded.stopped_by_time_limit and bounded.requests < 40 and bounded.failed == 0
 
 
+@pytest.mark.timeout(180)
 @pytest.mark.slow
 def test_two_thousand_uploads_at_concurrency_16_all_succeed(served_archive):
     """The issue's bounded load test: 2,000 image searches, 16 at a time, over HTTP on 127.0.0.1."""
@@ -182,7 +185,7 @@ def test_two_thousand_uploads_at_concurrency_16_all_succeed(served_archive):
         finally:
             await client.aclose()
 
-    with live_server(served_archive.config()) as url:
+    with live_server(served_archive) as url:
         result = asyncio.run(load(url))
     assert result.errors == [] and result.failed == 0
     assert result.requests == result.latencies_s.size == 2000

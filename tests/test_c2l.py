@@ -213,6 +213,9 @@ def test_pretraining_resumes_where_it_stopped(phantoms, tmp_path, monkeypatch):
         pretrain(replace(cfg, lr=1e-4))
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(240)
 def test_torchrun_two_gloo_processes_share_one_queue(phantoms, tmp_path):
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -344,6 +344,7 @@ def test_dicom_pixel_limit_checked_from_header(tmp_path):
     assert read_image(small, max_pixels=20).shape == (4, 5)
 
 
+@pytest.mark.shared
 def test_shared_dicom_samples_decode(shared_data):
     folder = shared_data / "dicom-samples"
     paths = sorted(folder.glob("test*.dcm"))

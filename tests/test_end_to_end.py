@@ -18,6 +18,9 @@ from medhash.app.query import query_images
 from medhash.model import AGHashNet, ModelConfig, load_encoder, save_checkpoint
 from medhash.pipeline import EncodeJobConfig, run_encode
 
+# Every test needs the module's archive, whose codes come from a Dask encode job (a LocalCluster).
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.timeout(180)]
+
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):

@@ -175,6 +175,9 @@ def test_encode_shard_in_process_isolates_an_image_the_model_rejects(tiny_model,
 # ------------------------------------------------------------------------------------------ jobs
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(180)
 def test_cli_with_scheduler_matches_in_process_encode_and_reruns_identically(cluster, tiny_model, phantoms, image_files, tmp_path):
     from medhash.cli import main
 
@@ -226,6 +229,8 @@ def _corrupt_files(folder: Path, good_png: bytes) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.distributed
+@pytest.mark.timeout(180)
 def test_corrupt_files_land_in_error_files_and_counts_reconcile(cluster, tiny_model, tmp_path):
     folder = write_phantom_dataset(tmp_path / "ph", 195, PhantomConfig(size=64, seed=9)) / "images"
     corrupt = _corrupt_files(folder, next(folder.glob("*.png")).read_bytes())
@@ -248,6 +253,8 @@ def test_corrupt_files_land_in_error_files_and_counts_reconcile(cluster, tiny_mo
     assert sum(s["items"] for s in manifest["shards"]) == 200
 
 
+@pytest.mark.distributed
+@pytest.mark.timeout(180)
 def test_tar_shards_and_parquet_bytes_are_inputs(cluster, tiny_model, phantoms, image_files, tmp_path):
     tar_files, table_files = image_files[:12], image_files[12:24]
     archive = tmp_path / "shard-000.tar"
@@ -292,6 +299,8 @@ def _write_dicom(path: Path, pixels: np.ndarray, patient_id: str, patient_name: 
     ds.save_as(path, enforce_file_format=True)
 
 
+@pytest.mark.distributed
+@pytest.mark.timeout(180)
 def test_other_model_is_refused_overwrite_restarts_and_dicom_identity_stays_out(cluster, tiny_model, image_files, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -323,6 +332,8 @@ def test_other_model_is_refused_overwrite_restarts_and_dicom_identity_stays_out(
     assert {pq.read_metadata(p).metadata[b"medhash.model_id"].decode() for p in out.glob("part-*.parquet")} == {replaced.model_id}
 
 
+@pytest.mark.distributed
+@pytest.mark.timeout(180)
 def test_worker_killed_mid_task_is_retried(cluster, tiny_model, image_files, tmp_path):
     marker = tmp_path / "killed-once"
     # Lambdas travel by value; os.environ's bound methods would travel as a copy of this process's environ.
@@ -337,6 +348,9 @@ def test_worker_killed_mid_task_is_retried(cluster, tiny_model, image_files, tmp
     assert sorted(ids) == sorted(p.stem for p in image_files[:32])
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(180)
 def test_killed_job_resumes_and_writes_every_image_once(cluster, tiny_model, phantoms, tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "medhash", "encode", "--model", str(tiny_model), "--out", str(out),

@@ -14,18 +14,22 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serve_support import ServedArchive, archived_codes, live_server
+from serve_support import archived_codes, live_server
 
+from medhash.app.fixtures import ServedArchive
 from medhash.codes_format import write_code_shard, write_codes_manifest
 from medhash.data.overlay import BOX_COLOR
 from medhash.encoding import EncodeResult
 from medhash.index import BuildConfig, build_index, load_manifest
 from medhash.serve.batcher import EncodeBatcher
 
+# A live uvicorn server per module: a hang (a stuck socket, a batcher thread) should fail fast.
+pytestmark = [pytest.mark.timeout(60)]
+
 
 @pytest.fixture(scope="module")
 def server(served_archive):
-    with live_server(served_archive.config(max_upload_bytes=2_000_000, max_k=100)) as url:
+    with live_server(served_archive, max_upload_bytes=2_000_000, max_k=100) as url:
         yield url
 
 
@@ -76,6 +80,7 @@ def test_with_ties_returns_everything_at_the_kth_distance(server, served_archive
     assert len(body["hits"]) == int((distances <= distances[k - 1]).sum())
 
 
+@pytest.mark.shared
 def test_dicom_upload_is_searched_and_leaks_no_identity(server, shared_data):
     import pydicom
 
@@ -134,7 +139,7 @@ def test_upload_over_the_limit_is_413(server):
 
 # -- auth ----------------------------------------------------------------------------------------------
 def test_token_is_required_when_configured(served_archive):
-    with live_server(served_archive.config(token="s3cret")) as url:
+    with live_server(served_archive, token="s3cret") as url:
         assert httpx.get(f"{url}/healthz").status_code == 200  # liveness stays open
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
             r = httpx.get(f"{url}/v1/info", headers=headers)
@@ -193,7 +198,7 @@ def hostile_archive(served_archive, tmp_path_factory):
 
 
 def test_records_pointing_out_of_the_root_are_refused(hostile_archive: ServedArchive):
-    with live_server(hostile_archive.config()) as url:
+    with live_server(hostile_archive) as url:
         assert httpx.get(f"{url}/v1/images/inside").status_code == 200
         for image_id in ("absolute", "symlink", "dotdot"):
             r = httpx.get(f"{url}/v1/images/{image_id}")
@@ -201,7 +206,7 @@ def test_records_pointing_out_of_the_root_are_refused(hostile_archive: ServedArc
 
 
 def test_without_archive_root_no_image_is_served(served_archive):
-    with live_server(served_archive.config(archive_root=None)) as url:
+    with live_server(served_archive, archive_root=None) as url:
         body = httpx.post(f"{url}/v1/search", data={"code": "00" * 4, "k": "2"}).json()
         assert all(h["thumbnail_url"] is None for h in body["hits"])
         r = httpx.get(f"{url}/v1/images/{body['hits'][0]['image_id']}")
@@ -316,7 +321,7 @@ def test_search_parameters_are_settable_per_query(served_archive, tmp_path):
     build_index(served_archive.root / "codes", tmp_path / "ivf", BuildConfig(kind="ivf", params={"nlist": 4, "nprobe": 1}))
     codes = archived_codes(served_archive)
     exact = sorted(hamming(codes[7], c) for c in codes)[:10]
-    with live_server(replace(served_archive, index_dir=tmp_path / "ivf").config()) as url:
+    with live_server(replace(served_archive, index_dir=tmp_path / "ivf")) as url:
         def distances(**extra) -> list[int]:
             r = httpx.post(f"{url}/v1/search", data={"code": codes[7].tobytes().hex(), "k": "10", **extra})
             assert r.status_code == 200, r.text

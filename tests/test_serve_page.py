@@ -62,7 +62,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def open_server(served_archive):
-    with live_server(served_archive.config()) as url:
+    with live_server(served_archive) as url:
         yield url
 
 
@@ -107,6 +107,7 @@ def _wait_for_results(driver, variant: str = "overlay", k: int = K) -> None:
     _wait(driver, lambda d: d.execute_script(QUERY_LOADED), "the query's overlay")
 
 
+@pytest.mark.browser
 def test_upload_shows_query_overlay_and_hit_grid(browser, open_server, served_archive, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -141,6 +142,7 @@ def test_upload_shows_query_overlay_and_hit_grid(browser, open_server, served_ar
     _wait_for_results(browser, variant="overlay")
 
 
+@pytest.mark.browser
 def test_undecodable_upload_shows_the_servers_reason(browser, open_server, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -155,10 +157,11 @@ def test_undecodable_upload_shows_the_servers_reason(browser, open_server, tmp_p
     assert not browser.find_elements(By.CSS_SELECTOR, "#results .hit")
 
 
+@pytest.mark.browser
 def test_token_prompt_after_401_then_search_works(browser, served_archive):
     from selenium.webdriver.common.by import By
 
-    with live_server(served_archive.config(token="s3cret-token")) as url:
+    with live_server(served_archive, token="s3cret-token") as url:
         browser.get(url + "/")
         auth = browser.find_element(By.ID, "auth")
         _wait(browser, lambda d: auth.is_displayed(), "the token prompt after /v1/info answered 401")

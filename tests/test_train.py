@@ -45,6 +45,8 @@ def test_training_writes_checkpoint_with_history(phantoms, tmp_path):
     assert payload["extra"]["init"] == {"source": "random"}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_training_learns_beyond_random_codes(phantoms, tmp_path):
     from medhash.eval.metrics import evaluate_codes
 
@@ -66,6 +68,8 @@ def test_training_learns_beyond_random_codes(phantoms, tmp_path):
     assert hist[-1]["classification"] < hist[0]["classification"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_interrupted_stage_resumes_to_the_same_model(phantoms, tmp_path, monkeypatch):
     reference = train(small_config(phantoms, tmp_path / "ref.pt"))
     calls = {"n": 0}
@@ -93,6 +97,8 @@ def test_interrupted_stage_resumes_to_the_same_model(phantoms, tmp_path, monkeyp
     assert again.model_id == reference.model_id
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_stage_states_are_reused_only_where_the_config_allows(phantoms, tmp_path):
     work = tmp_path / "stages"
     first = train(small_config(phantoms, tmp_path / "a.pt", epochs_hash=1, work_dir=str(work)))
@@ -109,6 +115,9 @@ def test_stage_states_are_reused_only_where_the_config_allows(phantoms, tmp_path
     assert len(list(work.glob("global-*.pt"))) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(240)
 def test_torchrun_two_gloo_processes(phantoms, tmp_path):
     single = tmp_path / "single.pt"
     train(small_config(phantoms, single, epochs_hash=2))

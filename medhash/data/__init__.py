@@ -1,8 +1,8 @@
-"""Data layer: image decoding, label tables, patient-grouped splits, synthetic phantoms."""
+"""Data layer: image decoding, label tables, patient-grouped folds, synthetic phantoms (medhash.data.phantoms)."""
 
 from medhash.data.decode import DEFAULT_MAX_PIXELS, read_image
 from medhash.data.labels import CLASSES, FINDINGS, NO_FINDING, LabelRecord, LabelTable, multi_hot, read_label_table
-from medhash.data.splits import Split, assign_folds, patient_split, split_by_folds
+from medhash.data.splits import assign_folds
 
 __all__ = [
     "CLASSES",
@@ -11,11 +11,8 @@ __all__ = [
     "NO_FINDING",
     "LabelRecord",
     "LabelTable",
-    "Split",
     "assign_folds",
     "multi_hot",
-    "patient_split",
     "read_image",
     "read_label_table",
-    "split_by_folds",
 ]

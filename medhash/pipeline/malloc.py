@@ -2,15 +2,16 @@
 
 Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (so that freed memory goes back to
 the OS quickly). Setting it also turns off glibc's dynamic mmap threshold, so every buffer over
-128 KiB (most activation tensors) is mmap'ed fresh and unmapped when freed. For a DenseNet-121
-forward (batch 32, 224 px, bf16) measured here that is ~1.1 million page faults and ~1.9 s of
-kernel time per batch on top of ~2.4 s of compute: the pipeline ran at half the bare speed.
+128 KiB (most activation tensors) is mmap'ed fresh and unmapped when freed: each forward pass of a
+DenseNet-121 batch then pays about a million page faults, and the kernel time they cost is of the
+order of the compute itself, so a worker ran far below the speed of the bare model in one process
+(`python -m benchmarks.encode_throughput` measures both).
 
 `tune_malloc_for_inference()` keeps freed blocks for reuse instead: no mmap for allocations
-(M_MMAP_MAX=0, so even the >32 MiB activations are reused) and trimming only above 1 GiB. Measured
-on the same forward: ~0.1-0.15 million faults and ~0.2-0.35 s of kernel time per batch, fewer
-than a plain process with glibc's defaults. Peak memory stays the steady-state working set of one
-batch. It is applied once per worker process, before the first shard; not on non-glibc systems.
+(M_MMAP_MAX=0, so even the >32 MiB activations are reused) and trimming only above 1 GiB, which
+cuts the page faults by an order of magnitude, below a plain process with glibc's defaults. Peak
+memory stays the steady-state working set of one batch. It is applied once per worker process,
+before the first shard; not on non-glibc systems.
 """
 
 from __future__ import annotations
