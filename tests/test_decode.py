@@ -21,7 +21,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from medhash.data.decode import DEFAULT_MAX_PIXELS, read_image
+from medhash.data.decode import DECODE_ERROR_KINDS, DEFAULT_MAX_PIXELS, read_image
 from medhash.errors import ImageDecodeError
 
 RNG = np.random.default_rng(7)
@@ -422,3 +422,107 @@ def test_png_bomb_over_default_limit_refused_from_header(tmp_path, side):
     path.write_bytes(png_header_only(side, side))
     assert path.stat().st_size < 200
     expect_error(path, "too_large", path.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# TIFF, recognition by content, and error messages that never quote the file
+
+
+def test_tiff_gray8_gray16_rgb(tmp_path):
+    gray8 = RNG.integers(0, 256, (6, 9), dtype=np.uint8)
+    Image.fromarray(gray8).save(tmp_path / "g8.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "g8.tif"), gray8 / 255.0, atol=1e-7)
+
+    gray16 = RNG.integers(0, 65536, (6, 9), dtype=np.uint16)
+    for order, name in (("<", "g16_le.tiff"), (">", "g16_be.tiff")):
+        mode = "I;16" if order == "<" else "I;16B"
+        Image.frombytes(mode, (9, 6), gray16.astype(order + "u2").tobytes()).save(tmp_path / name)
+        out = read_image(tmp_path / name)
+        assert_valid_output(out, (6, 9))
+        np.testing.assert_array_equal(out, (gray16 / 65535.0).astype(np.float32))
+
+    rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb, "RGB").save(tmp_path / "rgb.tif", compression="tiff_lzw")
+    np.testing.assert_allclose(read_image(tmp_path / "rgb.tif"), rgb @ LUMA / 255.0, atol=1e-6)
+
+
+def test_tiff_multi_page_refused(tmp_path):
+    pages = [Image.fromarray(RNG.integers(0, 256, (4, 4), dtype=np.uint8)) for _ in range(3)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    err = expect_error(tmp_path / "stack.tif", "multi_frame", "stack.tif")
+    assert "3 pages" in err.reason
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_tiff_float_and_32bit_refused(tmp_path, mode):
+    values = RNG.random((4, 4)).astype(np.float32) if mode == "F" else RNG.integers(0, 2**31, (4, 4)).astype(np.int32)
+    Image.fromarray(values, mode).save(tmp_path / "deep.tif")
+    err = expect_error(tmp_path / "deep.tif", "unsupported_pixel_format", "deep.tif")
+    assert mode in err.reason
+
+
+def test_truncated_tiff(tmp_path):
+    Image.fromarray(RNG.integers(0, 256, (64, 64), dtype=np.uint8)).save(tmp_path / "whole.tif")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes((tmp_path / "whole.tif").read_bytes()[:2000])
+    err = expect_error(cut, "truncated", "cut.tif")
+    assert err.kind in DECODE_ERROR_KINDS
+
+
+@pytest.mark.parametrize("name", ["1.2.840.113619.2.55.3.604688119", "IM0001.001", "image.png", "scan.jpg"])
+def test_dicom_decoded_by_content_whatever_the_name(tmp_path, name):
+    pixels = RNG.integers(0, 4096, (4, 5)).astype(np.uint16)
+    path = write_dicom(tmp_path / name, dicom_dataset(pixels))
+    np.testing.assert_allclose(read_image(path), (pixels - pixels.min()) / (pixels.max() - pixels.min()), atol=1e-6)
+
+
+def test_dicom_compressed_syntax_refused_when_plugin_missing(tmp_path, monkeypatch):
+    """A syntax whose plugins are all missing names the syntax and the packages it needs."""
+    import pydicom.pixels
+    from pydicom.uid import JPEGLSLossless
+
+    class Unavailable:
+        is_available = False
+        missing_dependencies = ["gdcm - requires gdcm>=3.0.10"]
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: Unavailable())
+    ds = dicom_dataset(RNG.integers(0, 4096, (4, 4)).astype(np.uint16))
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff\xd8" + b"\x00" * 14])
+    err = expect_error(write_dicom(tmp_path / "jls.dcm", ds), "unsupported_transfer_syntax", "jls.dcm")
+    assert JPEGLSLossless.name in err.reason and "gdcm" in err.reason
+
+
+DISTINCTIVE = b"root:x:0:0:root:/root:/bin/bash\nQUOKKA-7f3a9 patient notes\n"
+
+
+def _wrapped_contents() -> dict[str, bytes]:
+    """Files whose start looks like an image format, followed by distinctive text instead of data."""
+    return {
+        "plain.txt": DISTINCTIVE * 8,
+        "text.dcm": DISTINCTIVE * 8,
+        "IM0002.001": DISTINCTIVE * 8,
+        "part10.dcm": b"\x00" * 128 + b"DICM" + DISTINCTIVE * 8,
+        "fake.png": b"\x89PNG\r\n\x1a\n" + DISTINCTIVE * 8,
+        "fake.jpg": b"\xff\xd8\xff\xe0" + DISTINCTIVE * 8,
+        "fake.tif": b"II*\x00\x08\x00\x00\x00" + DISTINCTIVE * 8,
+        "fake_be.tif": b"MM\x00*\x00\x00\x00\x08" + DISTINCTIVE * 8,
+        # a raw data set whose second element (a UI of the text's length) holds the text
+        "raw.dcm": b"\x08\x00\x16\x00UI\x04\x001234\x08\x00\x18\x00UI" + bytes([len(DISTINCTIVE), 0])
+        + DISTINCTIVE * 8,
+    }
+
+
+@pytest.mark.parametrize("name", list(_wrapped_contents()))
+def test_errors_never_quote_file_contents(tmp_path, name):
+    target = tmp_path / name
+    target.write_bytes(_wrapped_contents()[name])
+    link = tmp_path / f"link_to_{name}"
+    link.symlink_to(target)
+    for source in (target, link, target.read_bytes()):
+        with pytest.raises(ImageDecodeError) as info:
+            read_image(source)
+        message = str(info.value)
+        assert info.value.kind in DECODE_ERROR_KINDS
+        for fragment in ("root:x", "QUOKKA", "bin/bash", "patient notes", "1234"):
+            assert fragment not in message, f"{name}: {message}"

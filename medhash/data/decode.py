@@ -1,8 +1,11 @@
-"""Decode one image file (PNG, JPEG or DICOM) into a float32 [H, W] array in [0, 1].
+"""Decode one image file (PNG, JPEG, TIFF or DICOM) into a float32 [H, W] array in [0, 1].
 
-`read_image` is the single entry point. The format is detected from magic bytes, never from the
-file name. Every failure raises `ImageDecodeError(source, kind, reason)`; the kinds are listed in
-`DECODE_ERROR_KINDS`. Reasons never contain DICOM patient identity.
+`read_image` is the single entry point (`read_dicom_header` reads a DICOM header only, for
+`medhash.data.dicom_meta`). The format is recognised from the content (`medhash.data.sniff`), never
+from the file name: archives hold DICOMs named `IM0001.001` or `1.2.840...`. Every failure raises
+`ImageDecodeError(source, kind, reason)`; the kinds are listed in `DECODE_ERROR_KINDS`. Reasons
+never quote the file's content nor DICOM patient identity: a decoder's message is kept only with
+its quoted parts removed (a path may point at any file, and its first bytes are not ours to echo).
 
 Choices worth knowing:
 - Colour (RGB, RGBA, palette, CMYK...) becomes ITU-R BT.601 luminance (0.299 R + 0.587 G + 0.114 B).
@@ -13,12 +16,16 @@ Choices worth knowing:
 - DICOM: modality LUT / rescale, then VOI LUT sequence or window (PS3.3 C.11.2.1.2, output range
   taken as [0, 1]), else min-max of the data; MONOCHROME1 is inverted last.
 - The pixel limit is checked on the size declared in the header, before any pixel is decoded.
+- One image per file: multi-frame DICOMs and multi-page TIFFs are refused, not reduced to a frame.
+- Compressed DICOM goes through pydicom's pixel-data plugins (GDCM, pylibjpeg-openjpeg/-rle,
+  pyjpegls), plus `medhash.data.gdcm_jpeg12` for 12-bit JPEG Extended.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +35,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from medhash.data.sniff import SNIFF_BYTES, has_dicom_preamble, sniff_bytes
 from medhash.errors import ImageDecodeError
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -41,13 +49,14 @@ DECODE_ERROR_KINDS = (
     "too_large",
     "no_pixel_data",
     "multi_frame",
+    "unsupported_pixel_format",
     "unreadable",
     "corrupt",
 )
 
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-_HEAD_BYTES = 132  # DICOM's "DICM" sits at offset 128
 # A complete file ends with this marker; a decode failure on a file without it is a truncation.
+# (TIFF has none: its strips may lie anywhere, so only Pillow's own "truncated" says so.)
 _END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
 _END_MARKER_WINDOW = 64  # bytes searched at the end of the file (JPEGs may carry trailing padding)
 
@@ -91,10 +100,33 @@ def read_image(
     Raises `ImageDecodeError` for every failure.
     """
     src = _open_source(source, name)
-    try:
+    with _typed_errors(src):
         fmt = _detect_format(src)
         gray = _DECODERS[fmt](src, fmt, max_pixels)
         return _finish(src, gray)
+
+
+def read_dicom_header(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None
+):
+    """The DICOM header of `source` (a path or the file's bytes) as a pydicom Dataset without pixels.
+
+    Recognised by content like `read_image`; anything that is not a DICOM raises
+    `ImageDecodeError` ("not_an_image"), as do unreadable or corrupt headers.
+    """
+    src = _open_source(source, name)
+    with _typed_errors(src):
+        fmt = _detect_format(src)
+        if fmt not in ("DICOM", "DICOM_RAW"):
+            raise ImageDecodeError(src.name, "not_an_image", f"a {fmt} image, not a DICOM file")
+        return _read_dicom(src, force=fmt == "DICOM_RAW", stop_before_pixels=True)
+
+
+@contextmanager
+def _typed_errors(src: _Source) -> Iterator[None]:
+    """Every failure inside becomes an ImageDecodeError naming `src`."""
+    try:
+        yield
     except ImageDecodeError:
         raise
     except MemoryError as exc:
@@ -132,32 +164,17 @@ def _open_source(source: object, name: str | None) -> _Source:
 
 
 def _detect_format(src: _Source) -> str:
-    head = src.head(_HEAD_BYTES)
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head[128:132] == b"DICM":
-        return "DICOM"
-    if _parses_as_raw_dicom(src):
-        return "DICOM_RAW"
-    raise ImageDecodeError(
-        src.name, "not_an_image", f"not a PNG, JPEG or DICOM file (starts with {head[:8]!r})"
-    )
-
-
-def _parses_as_raw_dicom(src: _Source) -> bool:
-    """A DICOM data set without preamble: pydicom with force=True parses almost anything, so only
-    accept it when real image-identifying elements come out."""
-    import pydicom
-
-    try:
-        with src.open() as fp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
-            return "SOPClassUID" in ds or ("Rows" in ds and "Columns" in ds)
-    except Exception:  # noqa: BLE001 - anything pydicom cannot parse is simply not DICOM
-        return False
+    """The decoder key: PNG, JPEG, TIFF (Pillow's format names), DICOM or DICOM_RAW (no preamble)."""
+    head = src.head(SNIFF_BYTES)
+    fmt = sniff_bytes(head)
+    if fmt is None:
+        # never quote the bytes: the path may lead anywhere (a symlink to /etc/passwd once did)
+        raise ImageDecodeError(
+            src.name, "not_an_image", "not a PNG, JPEG, TIFF or DICOM file (no known signature at its start)"
+        )
+    if fmt == "dicom":
+        return "DICOM" if has_dicom_preamble(head) else "DICOM_RAW"
+    return fmt.upper()
 
 
 def _finish(src: _Source, gray: np.ndarray) -> np.ndarray:
@@ -169,8 +186,13 @@ def _finish(src: _Source, gray: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+# Quoted parts of a decoder's message ('...', "...", b'...'): they may hold the file's bytes or values.
+_QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The exception's type and message, with quoted parts replaced (see module docstring)."""
+    text = _QUOTED.sub("<...>", str(exc)).strip()
     if len(text) > 200:
         text = text[:200] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -186,7 +208,7 @@ def _check_pixel_count(src: _Source, width: int, height: int, max_pixels: int | 
 
 
 # ---------------------------------------------------------------------------------------------
-# PNG / JPEG through Pillow
+# PNG / JPEG / TIFF through Pillow
 
 # Grey modes and the value of full intensity in each.
 _GRAY_FULL_SCALE = {
@@ -196,9 +218,12 @@ _GRAY_FULL_SCALE = {
     "I;16L": 65535.0,
     "I;16B": 65535.0,
     "I;16N": 65535.0,
-    "I": 65535.0,  # PNG and JPEG hold at most 16 bits per sample
+    "I": 65535.0,  # PNG and JPEG hold at most 16 bits per sample (TIFF's 32-bit "I" is refused)
 }
 _GRAY_WITH_ALPHA = {"LA": 255.0, "La": 255.0}
+# TIFF may also hold 32-bit integers, floats or signed samples, which have no full scale to divide
+# by; only these modes (8/16-bit grey, colour, palette) are read.
+_TIFF_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
 @contextmanager
@@ -232,6 +257,7 @@ def _decode_pillow(src: _Source, fmt: str, max_pixels: int | None) -> np.ndarray
         with image:
             width, height = image.size
             _check_pixel_count(src, width, height, max_pixels)
+            _check_tiff_page(src, fmt, image)
             try:
                 image.load()
                 upright = ImageOps.exif_transpose(image)
@@ -241,10 +267,24 @@ def _decode_pillow(src: _Source, fmt: str, max_pixels: int | None) -> np.ndarray
                 raise ImageDecodeError(src.name, kind, _describe(exc)) from exc
 
 
+def _check_tiff_page(src: _Source, fmt: str, image) -> None:
+    """A TIFF must hold one page (like a DICOM one frame) in a mode with a known full scale."""
+    if fmt != "TIFF":
+        return
+    pages = getattr(image, "n_frames", 1)
+    if pages > 1:
+        raise ImageDecodeError(src.name, "multi_frame", f"{pages} pages; only single-page TIFFs are read")
+    if image.mode not in _TIFF_MODES:
+        raise ImageDecodeError(
+            src.name, "unsupported_pixel_format", f"TIFF pixel mode {image.mode} (read: 8/16-bit grey, RGB, palette)"
+        )
+
+
 def _pillow_failure_kind(src: _Source, fmt: str, exc: BaseException) -> str:
     if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
         return "truncated"
-    if _END_MARKERS[fmt] not in src.tail(_END_MARKER_WINDOW):
+    end_marker = _END_MARKERS.get(fmt)
+    if end_marker is not None and end_marker not in src.tail(_END_MARKER_WINDOW):
         return "truncated"
     return "corrupt"
 
@@ -336,6 +376,9 @@ def _transfer_syntax(header):
 def _require_decoder(src: _Source, transfer_syntax) -> None:
     from pydicom.pixels import get_decoder
 
+    from medhash.data import gdcm_jpeg12  # imports pydicom and gdcm: only once a DICOM is decoded
+
+    gdcm_jpeg12.register()
     uid = str(transfer_syntax)
     label = uid if transfer_syntax.name == uid else f"{transfer_syntax.name} ({uid})"
     try:
@@ -460,6 +503,7 @@ def _redact(text: str, header) -> str:
 _DECODERS: dict[str, Callable[[_Source, str, int | None], np.ndarray]] = {
     "PNG": _decode_pillow,
     "JPEG": _decode_pillow,
+    "TIFF": _decode_pillow,
     "DICOM": _decode_dicom,
     "DICOM_RAW": _decode_dicom,
 }
