@@ -11,10 +11,13 @@ Self-exclusion (on by default): a query set drawn from the archive would find ea
 distance 0 and inflate every figure, so the hit whose image_id equals the query's is dropped
 before ranking (evaluate_codes' `query_db_index`). Queries not in the index are unaffected.
 
-Truncated rankings (count > max_k): the full-ranking figures (mAP, R@k) cannot be computed from a
-prefix and are reported as null; mAP@k and P@k are exact for every k up to k_eval (the requested
-k, less one when self-exclusion is on): with ties included, the prefix holds every order of the
-top k_eval. A labeled query whose prefix holds nothing relevant scores 0 there (it is assumed to
+Graded figures (nDCG@k, ACG@k, wmap; medhash.eval.metrics' graded block) count the labels a hit
+shares with the query, from the hits' labels.
+
+Truncated rankings (count > max_k): the full-ranking figures (mAP, R@k, wmap, and nDCG@k, whose
+ideal order is over the whole database) cannot be computed from a prefix and are reported as null;
+mAP@k, P@k and ACG@k are exact for every k up to k_eval (the requested k, less one when
+self-exclusion is on): with ties included, the prefix holds every order of the top k_eval. A labeled query whose prefix holds nothing relevant scores 0 there (it is assumed to
 have relevant items further down, which is the case evaluate_codes counts as 0 too).
 """
 
@@ -27,7 +30,7 @@ import numpy as np
 from medhash.bench.load import run_load
 from medhash.bench.queries import QuerySet
 from medhash.data.labels import CLASSES, LabelRecord
-from medhash.eval.metrics import QueryMetrics, RetrievalReport, query_metrics
+from medhash.eval.metrics import GradedMetrics, QueryMetrics, RetrievalReport, graded_metrics, query_metrics, with_graded
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Ranking:
     relevant: np.ndarray  # bool [n]
     labeled: bool  # the query has at least one of CLASSES (else nothing can be relevant)
     self_excluded: bool
+    shared: np.ndarray | None = None  # int64 [n] labels shared with the query (None: graded figures left out)
+    jaccard: np.ndarray | None = None  # float64 [n] Jaccard similarity of the label sets
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,12 @@ def ranking_from_response(response: dict, query: LabelRecord, exclude_self: bool
     wanted = set(query.labels) & set(CLASSES)
     hits = response["hits"]
     kept = [h for h in hits if not (exclude_self and h["image_id"] == query.image_id)]
+    hit_labels = [set(h["labels"]) & set(CLASSES) for h in kept]
+    shared = np.array([len(wanted & labels) for labels in hit_labels], dtype=np.int64)
+    union = np.array([len(wanted | labels) for labels in hit_labels], dtype=np.float64)
     return Ranking(distances=np.array([h["distance"] for h in kept], dtype=np.int64),
-                   relevant=np.array([bool(wanted & set(h["labels"])) for h in kept], dtype=bool),
-                   labeled=bool(wanted), self_excluded=len(kept) < len(hits))
+                   relevant=shared > 0, labeled=bool(wanted), self_excluded=len(kept) < len(hits), shared=shared,
+                   jaccard=np.divide(shared, union, out=np.zeros(len(kept)), where=union > 0))
 
 
 def _zero_unanswered(values: np.ndarray, labeled: np.ndarray) -> np.ndarray:
@@ -78,9 +86,16 @@ def retrieval_report(rankings: list[Ranking], ks: tuple[int, ...], plan: Quality
         labeled = np.array([r.labeled for r in rankings])
         metrics = replace(metrics, **{name: {k: _zero_unanswered(v, labeled) for k, v in getattr(metrics, name).items()}
                                       for name in ("ap_at_k", "ap_at_k_stable", "p_at_k", "p_at_k_stable")})
-    report = RetrievalReport.from_query_metrics(metrics, n_db, normalization, keep_per_query=False).as_dict()
+    report = RetrievalReport.from_query_metrics(metrics, n_db, normalization, keep_per_query=False)
+    if all(r.shared is not None for r in rankings):
+        graded = GradedMetrics.concatenate([graded_metrics(r.distances[None], r.shared[None], r.jaccard[None], ks)
+                                            for r in rankings])
+        if not plan.complete:
+            graded = replace(graded, acg_at_k={k: _zero_unanswered(v, labeled) for k, v in graded.acg_at_k.items()})
+        report = with_graded(report, graded)
+    report = report.as_dict()
     if not plan.complete:
-        report.update(map_tie_aware=None, map_stable=None, r_at_k=None, r_at_k_stable=None,
+        report.update(map_tie_aware=None, map_stable=None, r_at_k=None, r_at_k_stable=None, ndcg_at_k=None, wmap=None,
                       n_queries_without_relevant=int(sum(not r.labeled for r in rankings)))
     report["ks"] = list(ks)
     return report

@@ -18,6 +18,10 @@ def format_summary(report: dict) -> str:
     for k in q.get("ks", []):
         key = str(k)
         lines.append(f"  mAP@{k} {_num(q['map_at_k'].get(key))}   P@{k} {_num(q['p_at_k'].get(key))}")
+    if q.get("acg_at_k"):  # graded figures; nDCG and wmap are null for a truncated ranking
+        lines.append(f"  weighted mAP {_num(q.get('wmap'))}   " + "   ".join(
+            f"nDCG@{k} {_num((q.get('ndcg_at_k') or {}).get(str(k)))}  ACG@{k} {_num(q['acg_at_k'].get(str(k)), 3)}"
+            for k in q.get("ks", [])))
     if q.get("note"):
         lines.append(f"  note: {q['note']}")
     lines.append(f"{'latency':<12} {'conc':>4} {'reqs':>6} {'failed':>6} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'req/s':>9}")

@@ -85,6 +85,8 @@ def evaluate_cmd(model, labels, image_root, query_folds, ks, boxes, engine, devi
     for k in ks:
         key = str(k)  # the JSON report keys k as strings
         click.echo(f"  @{k}: mAP {r['map_at_k'][key]:.4f}  P {r['p_at_k'][key]:.4f}  R {r['r_at_k'][key]:.4f}  (tie-aware)")
+    click.echo(f"  graded (tie-aware): weighted mAP {r['wmap']:.4f}  " + "  ".join(
+        f"nDCG@{k} {r['ndcg_at_k'][str(k)]:.4f}  ACG@{k} {r['acg_at_k'][str(k)]:.3f}" for k in ks))
     for name, loc in report.get("localization", {}).items():
         if loc["n_images"]:
             click.echo(f"  {name}: pointing game {loc['pointing_game']:.3f} on {loc['n_images']} images, crop IoU {loc['crop_box_best_iou']:.3f}")

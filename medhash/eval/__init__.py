@@ -1,4 +1,4 @@
-"""Evaluation: retrieval metrics (tie-aware and stable mAP, mAP@k, P@k, R@k) and localization."""
+"""Evaluation: retrieval metrics (tie-aware and stable mAP, mAP@k, P@k, R@k; graded nDCG@k, ACG@k, weighted mAP) and localization."""
 
 from medhash.eval.localization import (
     BestIoUResult,
@@ -10,6 +10,7 @@ from medhash.eval.localization import (
 from medhash.eval.metrics import (
     FEATURE_DISTANCES,
     NORMALIZATIONS,
+    GradedMetrics,
     QueryMetrics,
     RetrievalReport,
     average_precision_at_k_tie_aware,
@@ -18,15 +19,19 @@ from medhash.eval.metrics import (
     evaluate_codes,
     evaluate_scores,
     feature_distances,
+    graded_metrics,
     hamming_distances,
+    label_overlap,
     precision_recall_at_k_tie_aware,
     query_metrics,
     relevance,
+    with_graded,
 )
 
 __all__ = [
     "BestIoUResult",
     "FEATURE_DISTANCES",
+    "GradedMetrics",
     "NORMALIZATIONS",
     "PointingResult",
     "QueryMetrics",
@@ -39,9 +44,12 @@ __all__ = [
     "evaluate_codes",
     "evaluate_scores",
     "feature_distances",
+    "graded_metrics",
     "hamming_distances",
+    "label_overlap",
     "pointing_game",
     "precision_recall_at_k_tie_aware",
     "query_metrics",
     "relevance",
+    "with_graded",
 ]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -498,7 +498,9 @@ class RetrievalReport:
     """Mean retrieval metrics over the queries that have at least one relevant database item.
 
     map_at_k, p_at_k, r_at_k are tie-aware (expected over orders inside tie groups); the `_stable`
-    twins break ties by database index. `normalization` names the AP@k convention (module doc)."""
+    twins break ties by database index. `normalization` names the AP@k convention (module doc).
+    ndcg_at_k, acg_at_k and wmap are the graded metrics (tie-aware; see the graded block below),
+    filled in by evaluate_codes / evaluate_scores (`with_graded`)."""
 
     n_queries: int
     n_db: int
@@ -513,6 +515,9 @@ class RetrievalReport:
     r_at_k: dict[int, float]
     r_at_k_stable: dict[int, float]
     per_query: QueryMetrics | None = None
+    ndcg_at_k: dict[int, float] = field(default_factory=dict)
+    acg_at_k: dict[int, float] = field(default_factory=dict)
+    wmap: float = math.nan
 
     @classmethod
     def from_query_metrics(cls, metrics: QueryMetrics, n_db: int, normalization: str, keep_per_query: bool):
@@ -625,7 +630,8 @@ def evaluate_codes(
     self_index = _self_index(n_queries, n_db, exclude_self, query_db_index)
     ranker = _HammingRanker(query_codes, db_codes, query_labels, db_labels, self_index)
     metrics = _run_chunks(ranker, n_queries, n_db, ks, normalization, chunk, workers)
-    return RetrievalReport.from_query_metrics(metrics, n_db, normalization, per_query)
+    graded = _graded_codes(query_codes, db_codes, query_labels, db_labels, ks, self_index, workers)
+    return with_graded(RetrievalReport.from_query_metrics(metrics, n_db, normalization, per_query), graded)
 
 
 def evaluate_scores(
@@ -654,7 +660,8 @@ def evaluate_scores(
     self_index = _self_index(*distances.shape, exclude_self, query_db_index)
     ranker = _MatrixRanker(distances, query_labels, db_labels, self_index)
     metrics = _run_chunks(ranker, distances.shape[0], distances.shape[1], ks, normalization, chunk, workers)
-    return RetrievalReport.from_query_metrics(metrics, distances.shape[1], normalization, per_query)
+    graded = _graded_scores(distances, query_labels, db_labels, ks, self_index, workers)
+    return with_graded(RetrievalReport.from_query_metrics(metrics, distances.shape[1], normalization, per_query), graded)
 
 
 def _check_label_pair(query_labels, db_labels, n_queries: int, n_db: int):
@@ -743,3 +750,205 @@ def query_metrics(distances_1d, relevant_1d, ks: Sequence[int] = (10, 100),
                   normalization: Normalization = "relevant_retrieved") -> QueryMetrics:
     """Every metric of one query (arrays of length 1), tie-aware and stable."""
     return _single_query(distances_1d, relevant_1d, ks, normalization)
+
+
+# =========================================================================== graded relevance
+# nDCG@k, ACG@k and weighted mAP: how many labels a hit shares with the query, not only whether it
+# shares one. Computed in a pass of their own (distances, label overlaps, per-query tie-group sums),
+# every figure the expectation over all orders inside tie groups, in closed form.
+#
+# Per query q and database item i: C(q, i) = number of shared labels, J(q, i) = Jaccard similarity
+# C / |labels(q) u labels(i)| (0 when both are empty); i is relevant when C > 0, as above.
+#
+# * nDCG@k: DCG@k / IDCG@k, gain J, discount 1 / log2(1 + rank). Tie-aware: an item of a tie group
+#   holding ranks a+1..a+n sits at each with probability 1/n, so its expected discounted gain is J
+#   times the mean discount of those ranks, ranks beyond k counting 0 (a group straddling k is thus
+#   counted in expectation). IDCG@k orders the whole database by J, so it does not depend on ties.
+# * ACG@k: (1 / min(k, n_ranked)) sum of C over the top k (Zhao et al. 2015, "Deep semantic ranking
+#   based hashing"); tie-aware, a straddling group adds its mean C times the slots it has in the top k.
+# * weighted AP (WAP, Zhao et al. 2015), over the whole ranking of n items:
+#       WAP = (1 / R) sum_{r=1..n} rel(r) ACG@r,   ACG@r = (1/r) sum_{j<=r} C(j),   R = relevant items,
+#   AP with each relevant rank's precision replaced by the mean shared-label count above it; the
+#   mean of WAP over queries is wmap. Tie-aware in closed form, see _expected_graded_precision_sum.
+#
+# Queries without any relevant item get NaN and are left out of the means, as for the binary metrics.
+
+# distance / overlap cells of one chunk of queries (bounds the memory of the graded pass)
+_GRADED_CELLS = 1 << 21
+
+
+@dataclass(frozen=True)
+class GradedMetrics:
+    """Per-query graded metric arrays [Q] (tie-aware expectations, defined in the comment heading this
+    block); NaN for queries without a relevant item."""
+
+    ndcg_at_k: dict[int, np.ndarray]
+    acg_at_k: dict[int, np.ndarray]
+    wap: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: Sequence["GradedMetrics"]) -> "GradedMetrics":
+        """The rows of several query sets, in order (at least one part)."""
+        ks = parts[0].ndcg_at_k.keys()
+        return GradedMetrics({k: np.concatenate([p.ndcg_at_k[k] for p in parts]) for k in ks},
+                             {k: np.concatenate([p.acg_at_k[k] for p in parts]) for k in ks},
+                             np.concatenate([p.wap for p in parts]))
+
+
+def label_overlap(query_labels: np.ndarray, db_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shared label counts int32 [Q, N], Jaccard similarities float64 [Q, N]) of multi-hot label sets."""
+    query_labels = _check_labels(query_labels, "query_labels")
+    db_labels = _check_labels(db_labels, "db_labels")
+    if query_labels.shape[1] != db_labels.shape[1]:
+        raise ValueError(f"label widths differ: queries {query_labels.shape[1]}, database {db_labels.shape[1]}")
+    shared = query_labels.astype(np.float32) @ db_labels.astype(np.float32).T  # exact: counts < 2**24
+    union = query_labels.sum(axis=1)[:, None] + db_labels.sum(axis=1)[None, :] - shared
+    return shared.astype(np.int32), _safe_divide(shared, union)
+
+
+def _discount_prefix(n_max: int) -> np.ndarray:
+    """D[0..n_max], D[p] = sum_{j<=p} 1 / log2(1 + j): the DCG discount summed over ranks 1..p."""
+    prefix = np.zeros(n_max + 1)
+    np.cumsum(1.0 / np.log2(np.arange(2, n_max + 2)), out=prefix[1:])
+    return prefix
+
+
+def _expected_graded_precision_sum(n, r, s, s_before, n_before, harmonic: np.ndarray) -> np.ndarray:
+    """Expected sum of rel(rank) * ACG@rank over the ranks of a tie group (the group's share of
+    R * WAP), over uniformly random orders inside the group.
+
+    The group holds n items, r relevant, shared-label total s; n_before items with total s_before
+    rank ahead of it. At slot p (1-based, rank n_before + p), since C > 0 exactly for relevant items:
+        E[rel(p) C(p)]                   = s / n
+        E[rel(p) C(j)], j an earlier slot = s (r - 1) / (n (n - 1))   (two distinct slots)
+        E[rel(p)] * (C above the group)   = (r / n) s_before
+    so the slot adds (alpha + (p - 1) beta) / (n_before + p), alpha = (r s_before + s) / n,
+    beta = s (r - 1) / (n (n - 1)), and summed over p = 1..n (as in _expected_precision_sum)
+        (alpha - beta (n_before + 1)) (H(n_before + n) - H(n_before)) + n beta.
+    With C = rel this is the AP numerator. Empty groups give 0."""
+    n_f = np.asarray(n, dtype=np.float64)
+    alpha = _safe_divide(np.asarray(r, dtype=np.float64) * s_before + s, n_f)
+    beta = _safe_divide(s * (np.asarray(r, dtype=np.float64) - 1), n_f * (n_f - 1))  # n = 1: one slot, beta unused
+    harmonic_gain = harmonic[np.asarray(n_before) + np.asarray(n)] - harmonic[np.asarray(n_before)]
+    return (alpha - beta * (np.asarray(n_before, dtype=np.float64) + 1)) * harmonic_gain + n_f * beta
+
+
+def _graded_from_groups(group_ids: np.ndarray, n_groups: int, shared: np.ndarray, jaccard: np.ndarray,
+                        valid: np.ndarray, ks: Sequence[int], harmonic: np.ndarray, discount: np.ndarray) -> GradedMetrics:
+    """Graded metrics of a chunk of queries from each item's tie group (ids [c, N] in rank order of
+    the groups, 0..n_groups-1), shared-label count and Jaccard; items with valid False are left out."""
+    n_rows = group_ids.shape[0]
+    flat = (group_ids + n_groups * np.arange(n_rows)[:, None]).ravel()
+
+    def per_group(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(flat, weights=(weights * valid).ravel(), minlength=n_rows * n_groups).reshape(n_rows, n_groups)
+
+    n = per_group(np.ones(group_ids.shape)).astype(np.int64)
+    r = per_group(shared > 0).astype(np.int64)
+    s = per_group(shared)
+    gain = per_group(jaccard)
+    n_before = np.cumsum(n, axis=1) - n
+    n_ranked = n.sum(axis=1)
+    n_relevant = r.sum(axis=1)
+    missing = n_relevant == 0
+
+    def blank(values: np.ndarray) -> np.ndarray:
+        return np.where(missing, np.nan, values)
+
+    wap = _safe_divide(_expected_graded_precision_sum(n, r, s, np.cumsum(s, axis=1) - s, n_before, harmonic).sum(axis=1),
+                       n_relevant)
+    k_top = min(max(ks, default=0), group_ids.shape[1])
+    ideal = np.where(valid, jaccard, 0.0)
+    if 0 < k_top < ideal.shape[1]:
+        ideal = -np.partition(-ideal, k_top - 1, axis=1)[:, :k_top]
+    ideal_dcg = np.cumsum(-np.sort(-ideal, axis=1)[:, :k_top] * np.diff(discount[: k_top + 1]), axis=1)
+    ndcg_at_k, acg_at_k = {}, {}
+    for k in ks:
+        slots_end = np.minimum(n_before + n, k)
+        dcg = (_safe_divide(gain, n) * (discount[slots_end] - discount[np.minimum(n_before, k)])).sum(axis=1)
+        cut = np.minimum(k, n_ranked)
+        ideal_at_k = np.zeros(n_rows)
+        if k_top:
+            ideal_at_k = np.where(cut > 0, np.take_along_axis(ideal_dcg, np.maximum(cut, 1)[:, None] - 1, axis=1)[:, 0], 0.0)
+        ndcg_at_k[k] = blank(_safe_divide(dcg, ideal_at_k))
+        slots = np.clip(k - n_before, 0, n)
+        acg_at_k[k] = blank(_safe_divide((_safe_divide(s, n) * slots).sum(axis=1), cut))
+    return GradedMetrics(ndcg_at_k, acg_at_k, blank(wap))
+
+
+def _tie_group_ids(distances: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rank of each item's distance among the distinct distances of its row [c, N], and the group count."""
+    ids = np.empty(distances.shape, dtype=np.int64)
+    n_groups = 1
+    for row, values in enumerate(distances):
+        _, ids[row] = np.unique(values, return_inverse=True)
+        n_groups = max(n_groups, int(ids[row].max(initial=0)) + 1)
+    return ids, n_groups
+
+
+def graded_metrics(distances: np.ndarray, shared: np.ndarray, jaccard: np.ndarray, ks: Sequence[int] = (10, 100),
+                   valid: np.ndarray | None = None) -> GradedMetrics:
+    """Tie-aware nDCG@k, ACG@k and WAP per query of a ranking by `distances` [Q, N] (smaller = closer;
+    ties = exactly equal values), given each item's shared-label count and Jaccard similarity [Q, N]
+    (see `label_overlap`). valid [Q, N] bool: items to rank (default all)."""
+    distances = np.asarray(distances)
+    if distances.ndim != 2 or np.shape(shared) != distances.shape or np.shape(jaccard) != distances.shape:
+        raise ValueError(f"distances, shared and jaccard must be [Q, N] of one shape, got "
+                         f"{distances.shape}, {np.shape(shared)}, {np.shape(jaccard)}")
+    valid = np.ones(distances.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    ids, n_groups = _tie_group_ids(distances)
+    n_db = distances.shape[1]
+    return _graded_from_groups(ids, n_groups, np.asarray(shared), np.asarray(jaccard, dtype=np.float64), valid,
+                               _check_ks(ks), _harmonic_numbers(n_db), _discount_prefix(n_db))
+
+
+def _graded_chunked(distance_rows: Callable[[range], tuple[np.ndarray, int | None]], query_labels, db_labels,
+                    self_index: np.ndarray, ks: Sequence[int], workers: int | None) -> GradedMetrics:
+    """Graded metrics of every query, in chunks of rows on a thread pool. distance_rows(rows) gives the
+    rows' distances [c, N] and, for small integer distances (Hamming), the group count (distances are
+    then the group ids); None: tie groups by np.unique."""
+    n_queries, n_db = query_labels.shape[0], db_labels.shape[0]
+    harmonic, discount = _harmonic_numbers(n_db), _discount_prefix(n_db)
+
+    def evaluate(rows: range) -> GradedMetrics:
+        distances, n_groups = distance_rows(rows)
+        ids, n_groups = (distances.astype(np.int64), n_groups) if n_groups else _tie_group_ids(distances)
+        shared, jaccard = label_overlap(query_labels[rows.start:rows.stop], db_labels)
+        valid = np.ones(distances.shape, dtype=bool)
+        excluded = self_index[rows.start:rows.stop]
+        valid[np.flatnonzero(excluded >= 0), excluded[excluded >= 0]] = False
+        return _graded_from_groups(ids, n_groups, shared, jaccard, valid, ks, harmonic, discount)
+
+    rows_per_chunk = max(1, _GRADED_CELLS // max(n_db, 1))
+    chunks = [range(start, min(start + rows_per_chunk, n_queries)) for start in range(0, n_queries, rows_per_chunk)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(chunks)))
+    if workers == 1:
+        parts = [evaluate(rows) for rows in chunks]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(evaluate, chunks))
+    if not parts:
+        return GradedMetrics({k: np.zeros(0) for k in ks}, {k: np.zeros(0) for k in ks}, np.zeros(0))
+    return GradedMetrics.concatenate(parts)
+
+
+def _graded_codes(query_codes, db_codes, query_labels, db_labels, ks, self_index, workers) -> GradedMetrics:
+    n_groups = 8 * query_codes.shape[1] + 1  # Hamming distances 0..bits are the group ids
+
+    def distance_rows(rows: range):
+        return hamming_distances(query_codes[rows.start:rows.stop], db_codes), n_groups
+
+    return _graded_chunked(distance_rows, query_labels, db_labels, self_index, ks, workers)
+
+
+def _graded_scores(distances, query_labels, db_labels, ks, self_index, workers) -> GradedMetrics:
+    return _graded_chunked(lambda rows: (distances[rows.start:rows.stop], None), query_labels, db_labels,
+                           self_index, ks, workers)
+
+
+def with_graded(report: RetrievalReport, graded: GradedMetrics) -> RetrievalReport:
+    """The report with the means of the graded metrics filled in (over queries with a relevant item)."""
+    return replace(report,
+                   ndcg_at_k={k: _mean_over_answerable(v) for k, v in graded.ndcg_at_k.items()},
+                   acg_at_k={k: _mean_over_answerable(v) for k, v in graded.acg_at_k.items()},
+                   wmap=_mean_over_answerable(graded.wap))
