@@ -33,6 +33,7 @@ from medhash.model import ModelConfig, load_encoder, load_model, pack_codes  # n
 from medhash.model.losses import LossWeights  # noqa: E402
 from medhash.train import TrainConfig, train  # noqa: E402
 from medhash.train.data import load_image_set  # noqa: E402
+from medhash.train.stage_io import pooled_features  # noqa: E402
 from medhash.train.trainer import Trainer  # noqa: E402
 
 log = logging.getLogger("train_nih")
@@ -131,7 +132,7 @@ def main() -> None:
     model0, _ = load_model(checkpoints[(bits_list[0], "full")])
     model0.to(trainer.device)
     t0 = time.perf_counter()
-    feats = trainer.pooled_features(model0, images)
+    feats = pooled_features(model0, images, trainer.device, trainer.amp_dtype)
     feature_seconds = time.perf_counter() - t0
 
     def evaluate(codes: np.ndarray) -> dict:
