@@ -41,7 +41,7 @@ def machine() -> dict:
     import distributed
     import pyarrow
 
-    from medhash.model.encoder import cpu_supports_bf16
+    from medhash.model.runtime import cpu_supports_bf16
     from medhash.pipeline.cluster import available_cores
 
     flags = Path("/proc/cpuinfo").read_text()
@@ -161,14 +161,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from medhash.data.decode import read_image
-    from medhash.model.encoder import default_engine
+    from medhash.model.runtime import default_precision
     from medhash.pipeline.cluster import available_cores
     from medhash.pipeline.malloc import tune_malloc_for_inference
 
     load_start = os.getloadavg()
     started = time.perf_counter()
     cores = available_cores()
-    engine = default_engine(__import__("torch").device("cpu"))
+    engine = default_precision(__import__("torch").device("cpu"))
     result = {
         "benchmark": "encode_throughput",
         "model": "AGHashNet densenet121 (global + local branch), 224 px, 64 bits, untrained",

@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import sys
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -42,21 +43,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # medhash, also where it is not installed
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA_ROOT, REPO, machine_info, write_result  # noqa: E402
-from pretrain_c2l import MODES, PretrainSizes, pretrain_config  # noqa: E402
-from train_nih import PROFILES, Profile, base_config  # noqa: E402
-
-from medhash.atomic import atomic_path  # noqa: E402
-from medhash.data.labels import read_label_table  # noqa: E402
-from medhash.data.phantoms import PhantomConfig, write_phantom_dataset  # noqa: E402
-from medhash.eval.metrics import evaluate_codes  # noqa: E402
-from medhash.model import load_model, pack_codes, weights_id  # noqa: E402
-from medhash.train import TrainConfig, train  # noqa: E402
-from medhash.train.data import ImageSet, load_image_set  # noqa: E402
-from medhash.train.pretrain import pretrain  # noqa: E402
-from medhash.train.trainer import Trainer  # noqa: E402
+from benchmarks.common import DEFAULT_DATA_ROOT, REPO, write_result
+from benchmarks.pretrain_c2l import MODES, PretrainSizes, pretrain_config
+from benchmarks.train_nih import PROFILES, Profile, base_config
+from medhash.atomic import atomic_path
+from medhash.bench.machine import machine_info
+from medhash.data.labels import read_label_table
+from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
+from medhash.eval.metrics import evaluate_codes
+from medhash.model import load_model, pack_codes, weights_id
+from medhash.train import TrainConfig, train
+from medhash.train.data import ImageSet, load_image_set
+from medhash.train.pretrain import pretrain
+from medhash.train.stage_io import pooled_features
+from medhash.train.trainer import Trainer
 
 log = logging.getLogger("quality_cv")
 
@@ -212,7 +212,7 @@ def fold_codes(setup: Setup, images: DevImages, config: TrainConfig) -> np.ndarr
     if path.exists():
         feats = torch.load(path, map_location="cpu", weights_only=True)
     else:
-        feats = trainer.pooled_features(model, images.set)
+        feats = pooled_features(model, images.set, trainer.device, trainer.amp_dtype)
         with atomic_path(path) as tmp:
             torch.save(feats, tmp)
     with torch.no_grad():

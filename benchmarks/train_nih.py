@@ -30,6 +30,7 @@ from medhash.eval.metrics import evaluate_codes
 from medhash.model import ModelConfig, load_encoder, load_model, pack_codes
 from medhash.train import TrainConfig, train
 from medhash.train.data import load_image_set
+from medhash.train.stage_io import pooled_features
 from medhash.train.trainer import Trainer
 
 log = logging.getLogger("train_nih")
@@ -128,7 +129,7 @@ def main() -> None:
     model0, _ = load_model(checkpoints[(bits_list[0], "full")])
     model0.to(trainer.device)
     t0 = time.perf_counter()
-    feats = trainer.pooled_features(model0, images)
+    feats = pooled_features(model0, images, trainer.device, trainer.amp_dtype)
     feature_seconds = time.perf_counter() - t0
 
     def evaluate(codes: np.ndarray) -> dict:

@@ -20,8 +20,10 @@ from medhash.model.backbone import build_backbone
 from medhash.model.c2l import C2L, C2LConfig, SplitBatchNorm2d, mix, mixup_lambda, split_batch_norm
 from medhash.train import TrainConfig, train
 from medhash.train import pretrain as pretrain_module
-from medhash.train.pretrain import (PretrainAugment, PretrainConfig, c2l_views, list_images, load_backbone_init,
-                                    pretrain, read_backbone)
+from medhash.model.backbone_file import load_backbone_init, read_backbone
+from medhash.train.augment import PretrainAugment, c2l_views
+from medhash.train.data import list_images
+from medhash.train.pretrain import PretrainConfig, pretrain
 
 MILD = PretrainAugment(crop_scale=(0.7, 1.0), rotate_deg=5, cutout_holes=1, brightness=0.1, contrast=0.1)
 TINY_MODEL = ModelConfig(backbone="tiny", bits=16, global_size=32, local_size=32, fusion_dim=16)

@@ -40,12 +40,12 @@ def test_smoke_run_writes_cells_and_summary_and_resumes(tmp_path, monkeypatch, c
         table = (work / f"fold{fold}" / "c2l-images.csv").read_text().splitlines()[1:]
         assert table and all(not line.endswith(f",{fold}") for line in table)
 
-    # a rerun as a script (run_path: the script's own imports, without a second interpreter start)
+    # a rerun as `python -m benchmarks.quality_cv` (run_module: its own imports, no second interpreter)
     # skips every cell (same recipes) and keeps the rows
     before = {p.name: p.stat().st_mtime_ns for p in (results / "quality_cv" / "cells").glob("*.json")}
-    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "quality_cv.py"), *args])
+    monkeypatch.setattr(sys, "argv", ["quality_cv", *args])
     with caplog.at_level(logging.INFO, logger="quality_cv"):
-        runpy.run_path(str(REPO / "benchmarks" / "quality_cv.py"), run_name="__main__")
+        runpy.run_module("benchmarks.quality_cv", run_name="__main__")
     assert sum("done before, skipped" in r.getMessage() for r in caplog.records) == len(expected)
     assert {p.name: p.stat().st_mtime_ns for p in (results / "quality_cv" / "cells").glob("*.json")} == before
     assert json.loads((results / "quality_cv.json").read_text())["rows"] == report["rows"]

@@ -15,7 +15,7 @@ import torch
 from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
 from medhash.model import ModelConfig, read_checkpoint
 from medhash.train import TrainConfig, train
-from medhash.train import trainer as trainer_module
+from medhash.train import stage_io
 
 TINY = ModelConfig(backbone="tiny", bits=16, global_size=64, local_size=48, fusion_dim=32)
 
@@ -73,7 +73,7 @@ def test_training_learns_beyond_random_codes(phantoms, tmp_path):
 def test_interrupted_stage_resumes_to_the_same_model(phantoms, tmp_path, monkeypatch):
     reference = train(small_config(phantoms, tmp_path / "ref.pt"))
     calls = {"n": 0}
-    real = trainer_module.retrieval_map
+    real = stage_io.evaluate_codes
 
     def crash_on_third(*args, **kwargs):
         calls["n"] += 1
@@ -82,14 +82,14 @@ def test_interrupted_stage_resumes_to_the_same_model(phantoms, tmp_path, monkeyp
         return real(*args, **kwargs)
 
     cfg = small_config(phantoms, tmp_path / "run.pt")
-    monkeypatch.setattr(trainer_module, "retrieval_map", crash_on_third)
+    monkeypatch.setattr(stage_io, "evaluate_codes", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     assert not (tmp_path / "run.pt").exists()
     (hash_state,) = (tmp_path / "run.pt.stages").glob("hash-*.pt")
     state = torch.load(hash_state, weights_only=False)
     assert state["epoch"] == 2 and not state["done"]
-    monkeypatch.setattr(trainer_module, "retrieval_map", real)
+    monkeypatch.setattr(stage_io, "evaluate_codes", real)
     resumed = train(cfg)
     assert resumed.model_id == reference.model_id
     assert len(resumed.history["hash"]) == 4

@@ -31,7 +31,8 @@ def pretrain_cmd(images, out, backbone, size, load_size, epochs, batch_size, que
                  temperature, mixup_alpha, bn_splits, hflip, precision, device, seed, state, no_progress):
     """C2L self-supervised pretraining of the backbone on unlabeled radiographs; resumable; torchrun-ready."""
     from medhash.model.c2l import C2LConfig
-    from medhash.train.pretrain import PretrainAugment, PretrainConfig, pretrain
+    from medhash.train.augment import PretrainAugment
+    from medhash.train.pretrain import PretrainConfig, pretrain
 
     config = PretrainConfig(images=images, out=out, backbone=backbone, size=size, load_size=load_size, epochs=epochs,
                             batch_size=batch_size, lr=lr, optimizer=optimizer,

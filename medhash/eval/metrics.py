@@ -26,6 +26,9 @@ Normalization of AP@k (the `normalization` argument):
 
 P@k divides by min(k, n_ranked); R@k by R. Queries without any relevant item get NaN per query
 and are left out of every mean (counted in `n_queries_without_relevant`).
+
+One classification score sits here too: `macro_auroc`, with which training validates its branch
+classifiers (numpy arrays in, like everything in eval/).
 """
 
 from __future__ import annotations
@@ -952,3 +955,30 @@ def with_graded(report: RetrievalReport, graded: GradedMetrics) -> RetrievalRepo
                    ndcg_at_k={k: _mean_over_answerable(v) for k, v in graded.ndcg_at_k.items()},
                    acg_at_k={k: _mean_over_answerable(v) for k, v in graded.acg_at_k.items()},
                    wmap=_mean_over_answerable(graded.wap))
+# --------------------------------------------------------------------------- classification
+
+
+def _tie_averaged_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks; tied values share the mean of their ranks (scipy.stats.rankdata "average").
+
+    Written here because importing scipy.stats costs far more than this computation; NaN anywhere
+    gives NaN ranks (rankdata's default)."""
+    if np.isnan(values).any():
+        return np.full(values.shape, np.nan)
+    _, group, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last_rank = np.cumsum(counts)
+    return (last_rank - (counts - 1) / 2.0)[group.reshape(-1)]
+
+
+def macro_auroc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean one-vs-rest AUROC over classes that have both positives and negatives (rank formula, ties averaged).
+
+    scores: float [N, C]; targets: [N, C], positive where > 0.5. NaN when no class qualifies."""
+    aucs = []
+    for c in range(targets.shape[1]):
+        pos = targets[:, c] > 0.5
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if n_pos and n_neg:
+            ranks = _tie_averaged_ranks(scores[:, c])
+            aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")

@@ -1,14 +1,13 @@
 """HashEncoder: the one inference path (`encode`) that the pipeline, the query workflows and the server use.
 
 It wraps a trained AGHashNet with an execution engine picked from a registry:
-fp32, or bf16 autocast + channels_last (2-3x faster on CPUs with AMX, and on GPUs).
+fp32, or bf16 autocast + channels_last (the fast path on CPUs with bf16 matrix units and on GPUs).
 It satisfies medhash.encoding.ImageEncoder, the contract its callers type against; EncodeResult
 lives there (torch-free) and is re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Sequence
 
@@ -18,19 +17,7 @@ import torch
 from medhash.encoding import EncodeResult  # re-exported: medhash.model.EncodeResult
 from medhash.model.checkpoint import load_model
 from medhash.model.hashnet import AGHashNet, pack_codes
-
-
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 matrix units (AMX or AVX512-BF16)."""
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    avx = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool((amx and amx()) or (avx and avx()))
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from medhash.model.runtime import autocast, default_precision
 
 
 # engine name -> (autocast dtype, channels_last)
@@ -42,17 +29,11 @@ ENGINES: dict[str, tuple[torch.dtype | None, bool]] = {
 }
 
 
-def default_engine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
-
-
 class HashEncoder:
     def __init__(self, model: AGHashNet, model_id: str, device: str | torch.device = "cpu",
                  engine: str = "auto", batch_size: int = 32, extra: dict | None = None):
         self.device = torch.device(device)
-        self.engine = default_engine(self.device) if engine == "auto" else engine
+        self.engine = default_precision(self.device) if engine == "auto" else engine
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; known: {sorted(ENGINES)} or 'auto'")
         self.autocast_dtype, channels_last = ENGINES[self.engine]
@@ -92,7 +73,7 @@ class HashEncoder:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             chunk = chunk.to(self.device) if isinstance(chunk, torch.Tensor) else [t.to(self.device) for t in chunk]
-            with _autocast(self.device, self.autocast_dtype):
+            with autocast(self.device, self.autocast_dtype):
                 out = self.model(chunk, stage="full")
             parts.append(EncodeResult(
                 codes=pack_codes(out.hash),

@@ -97,12 +97,13 @@ def _checkpoint_identity(path: str | Path) -> tuple[str, int]:
 def _resolve_engine(engine: str, device: str) -> str:
     import torch
 
-    from medhash.model.encoder import ENGINES, default_engine
+    from medhash.model.encoder import ENGINES
+    from medhash.model.runtime import default_precision
 
     if engine == "auto":
         if device.startswith("cuda") and not torch.cuda.is_available():
             return "bf16"  # GPUs of a remote cluster, unseen from here: bf16 runs on every GPU since Ampere
-        return default_engine(torch.device(device))
+        return default_precision(torch.device(device))
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}; choose auto or one of {sorted(ENGINES)}")
     if engine == "fp16" and not device.startswith("cuda"):

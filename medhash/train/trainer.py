@@ -1,8 +1,18 @@
 """`train(config)`: staged AG-CNN training of the hashing model, resumable per stage, DDP-ready.
 
-Each stage keeps `<work_dir>/<stage>.pt` (model, optimizer, scheduler, epoch,
-history), rewritten atomically after every epoch; a rerun skips finished stages
-and resumes a partial one at its next epoch.
+The data flow of `Trainer.fit`:
+
+1. decoded train/val images (cached in the work dir);
+2. the global, then the local stage: each trains one backbone + classifier on augmented image
+   batches and is validated by the macro AUROC of its classifier;
+3. pooled features of both (now frozen) backbones, computed once and cached: the hash stage trains
+   fusion + hash layer on batches of them and is validated by the retrieval mAP of validation
+   codes against training codes;
+4. an optional joint stage fine-tunes everything on image batches; its validation recomputes the
+   features first, because the backbones move.
+
+Each stage keeps `<work_dir>/<stage>-<digest>.pt` (model, optimizer, scheduler, epoch, history),
+rewritten atomically; a rerun skips finished stages and resumes a partial one at its next epoch.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,22 +31,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from medhash.atomic import atomic_path
 from medhash.data.labels import read_label_table
 from medhash.data.splits import assign_folds
+from medhash.model.backbone_file import apply_backbone_init
 from medhash.model.checkpoint import save_checkpoint
-from medhash.model.encoder import cpu_supports_bf16
-from medhash.model.hashnet import AGHashNet, pack_codes
+from medhash.model.hashnet import AGHashNet
 from medhash.model.losses import pos_weight_from_labels
-from medhash.train.augment import augment_batch
+from medhash.model.runtime import autocast, resolve_precision
 from medhash.train.config import TrainConfig
 from medhash.train.data import ImageSet, load_image_set
-from medhash.train.dist import DistContext, barrier, init_distributed, rank_shard
+from medhash.train.dist import barrier, init_process, rank_batches, save_on_main
 from medhash.train.optim import build_optimizer, build_scheduler
+from medhash.train.stage_io import (BatchSource, BranchAUROC, FeatureBatches, FreshRetrievalMAP, ImageBatches,
+                                     RetrievalMAP, Validation, features_to, no_validation, pooled_features)
 from medhash.train.stages import GlobalStage, HashStage, JointStage, LocalStage
 
-log = logging.getLogger(__name__)
+__all__ = ["STAGE_FIELDS", "STAGE_ORDER", "TrainResult", "Trainer", "stage_digests", "train"]
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
@@ -46,26 +58,6 @@ class TrainResult:
     val_map: float | None
     seconds: dict[str, float] = field(default_factory=dict)
     skipped_images: list[tuple[str, str]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for a precision name; None means fp32."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else None
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name not in table:
-        raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
-    if table[name] is torch.float16 and device.type != "cuda":
-        raise ValueError("fp16 autocast needs CUDA; use bf16 on the CPU")
-    return table[name]
 
 
 # What each stage's result depends on, cumulatively: a stage's state file is named by the
@@ -95,41 +87,13 @@ def stage_digests(config: TrainConfig) -> dict[str, str]:
     return digests
 
 
-# -- validation -------------------------------------------------------------------------------------
-
-def macro_auroc(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Mean one-vs-rest AUROC over classes that have both positives and negatives (rank formula, ties averaged)."""
-    from scipy.stats import rankdata
-
-    aucs = []
-    for c in range(targets.shape[1]):
-        pos = targets[:, c] > 0.5
-        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        if n_pos and n_neg:
-            ranks = rankdata(scores[:, c])
-            aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def retrieval_map(query_codes: np.ndarray, db_codes: np.ndarray, query_y: np.ndarray, db_y: np.ndarray) -> float:
-    from medhash.eval.metrics import evaluate_codes
-
-    return float(evaluate_codes(query_codes, db_codes, query_y > 0.5, db_y > 0.5, ks=(10,)).map_tie_aware)
-
-
 # -- the trainer ------------------------------------------------------------------------------------
 
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.device = resolve_device(config.device)
-        self.ctx: DistContext = init_distributed(self.device)
-        if self.device.type == "cuda" and self.ctx.enabled:
-            self.device = torch.device("cuda", self.ctx.local_rank)
-            torch.cuda.set_device(self.device)
+        self.device, self.ctx = init_process(config.device)
         self.amp_dtype = resolve_precision(config.precision, self.device)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
         self.work_dir = Path(config.work_dir or f"{config.out}.stages")
         self.digests = stage_digests(config)
         self.seconds: dict[str, float] = {}
@@ -143,11 +107,11 @@ class Trainer:
         key = json.dumps([str(Path(cfg.labels).resolve()), stat.st_size, stat.st_mtime_ns, cfg.image_root, cfg.load_size,
                           cfg.model.classes, cfg.train_folds, cfg.val_folds, cfg.test_folds, cfg.seed])
         path = self.work_dir / f"images-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
-        if path.exists():
-            cached = torch.load(path, map_location="cpu", weights_only=False)
+        cached = self._load_state(path)
+        if cached is not None:
             return cached["train"], cached["val"]
         train_set, val_set = self._decode_data()
-        self._save_state(path, {"train": train_set, "val": val_set})
+        save_on_main(path, {"train": train_set, "val": val_set}, self.ctx)
         return train_set, val_set
 
     def _decode_data(self) -> tuple[ImageSet, ImageSet | None]:
@@ -169,28 +133,20 @@ class Trainer:
         self.seconds["load_images"] = time.perf_counter() - t0
         return train_set, val_set
 
-    # helpers ---------------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+    def build_model(self) -> tuple[AGHashNet, dict[str, Any]]:
+        """A fresh model (seeded by the caller), its backbones from `config.init` when given; and the init record."""
+        model = AGHashNet(self.config.model).to(self.device)
+        init_record = apply_backbone_init(model, self.config.init) if self.config.init else {"source": "random"}
+        if self.amp_dtype is not None:
+            model.use_channels_last(True)
+        return model, init_record
 
-    def _rank_batches(self, n: int, batch_size: int, epoch: int) -> list[np.ndarray]:
-        """This rank's full batches of one epoch (one short batch when the shard is smaller than a batch)."""
-        mine = rank_shard(n, self.config.seed, epoch, self.ctx)
-        n_batches = len(mine) // batch_size if len(mine) >= batch_size else min(1, len(mine))
-        return [mine[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
-
-    def _save_state(self, path: Path, state: dict[str, Any]) -> None:
-        if self.ctx.is_main:
-            with atomic_path(path) as tmp:
-                torch.save(state, tmp)
-        barrier(self.ctx)
-
+    # stage state -----------------------------------------------------------------------------------
     def _stage_path(self, stage: str) -> Path:
         return self.work_dir / f"{stage}-{self.digests[stage]}.pt"
 
-    def _load_state(self, path: Path) -> dict[str, Any] | None:
+    @staticmethod
+    def _load_state(path: Path) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
     @staticmethod
@@ -203,17 +159,10 @@ class Trainer:
         else:
             model.load_state_dict(state_dict)
 
-    def run_stage(
-        self,
-        model: AGHashNet,
-        step: nn.Module,
-        epochs: int,
-        lr: float,
-        batch_size: int,
-        n_items: int,
-        get_batch: Callable[[np.ndarray, torch.Generator], tuple[Any, torch.Tensor]],
-        validate: Callable[[], dict[str, float]],
-    ) -> list[dict[str, float]]:
+    # one stage -------------------------------------------------------------------------------------
+    def run_stage(self, model: AGHashNet, step: nn.Module, epochs: int, lr: float, batch_size: int,
+                  batches: BatchSource, validate: Validation) -> list[dict[str, float]]:
+        """Train `step.trainable()` for `epochs` (resuming from the stage file); returns the per-epoch history."""
         cfg, name = self.config, step.name
         path = self._stage_path(name)
         state = self._load_state(path)
@@ -228,7 +177,7 @@ class Trainer:
             p.requires_grad_(True)
         wrapped: nn.Module = DistributedDataParallel(step) if self.ctx.enabled else step
         optimizer = build_optimizer(cfg.optimizer, params, lr, cfg.weight_decay)
-        steps_per_epoch = len(self._rank_batches(n_items, batch_size, 0))
+        steps_per_epoch = len(rank_batches(len(batches), batch_size, cfg.seed, 0, self.ctx))
         scheduler = build_scheduler(cfg.schedule, optimizer, epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         start, history = 0, []
@@ -243,31 +192,8 @@ class Trainer:
             model.train()
             for module in step.frozen_eval():
                 module.eval()
-            # Every random draw of an epoch (augmentation, dropout) is seeded by (seed, epoch, rank),
-            # so a resumed stage continues exactly as an uninterrupted one would.
-            epoch_seed = cfg.seed * 100003 + epoch * 101 + self.ctx.rank
-            torch.manual_seed(epoch_seed)
-            gen = torch.Generator().manual_seed(epoch_seed)
-            batches = self._rank_batches(n_items, batch_size, epoch)
-            bar = tqdm(batches, desc=f"{name} {epoch + 1}/{epochs}", disable=not (cfg.progress and self.ctx.is_main), leave=False)
-            t0, seen, total, terms_sum = time.perf_counter(), 0, 0.0, {}
-            for idx in bar:
-                x, y = get_batch(idx, gen)
-                with self._autocast():
-                    loss, terms = wrapped(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                seen += len(idx)
-                total += float(loss.detach()) * len(idx)
-                for k, v in terms.items():
-                    terms_sum[k] = terms_sum.get(k, 0.0) + v * len(idx)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{seen * self.ctx.world_size / (time.perf_counter() - t0):.1f}")
-            elapsed = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "loss": total / max(seen, 1), "images_per_s": seen * self.ctx.world_size / elapsed}
-            record.update({k: v / max(seen, 1) for k, v in terms_sum.items()})
+            record = {"epoch": epoch + 1}
+            record.update(self._train_epoch(wrapped, name, epoch, epochs, batch_size, batches, optimizer, scheduler, scaler))
             model.eval()
             record.update(validate())
             history.append(record)
@@ -275,115 +201,98 @@ class Trainer:
                 log.info("stage %s epoch %d: %s", name, epoch + 1, {k: round(v, 4) for k, v in record.items()})
             # Writing both backbones every epoch dominated the cheap hash epochs: save on a clock.
             if epoch + 1 == epochs or time.perf_counter() - last_save >= cfg.checkpoint_every_s:
-                self._save_state(path, {"stage": name, "epoch": epoch + 1, "done": epoch + 1 == epochs, "digest": self.digests[name],
-                                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "history": history})
+                save_on_main(path, {"stage": name, "epoch": epoch + 1, "done": epoch + 1 == epochs, "digest": self.digests[name],
+                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "history": history}, self.ctx)
                 last_save = time.perf_counter()
         if epochs == 0:
-            self._save_state(path, {"stage": name, "epoch": epochs, "done": True, "digest": self.digests[name],
-                                    "model": model.state_dict(), "history": history})
+            save_on_main(path, {"stage": name, "epoch": epochs, "done": True, "digest": self.digests[name],
+                                "model": model.state_dict(), "history": history}, self.ctx)
         self.seconds[f"stage_{name}"] = time.perf_counter() - t_stage
         return history
 
-    # features for the hash stage --------------------------------------------------------------------
-    @torch.no_grad()
-    def pooled_features(self, model: AGHashNet, data: ImageSet, batch_size: int = 64) -> dict[str, torch.Tensor]:
-        model.eval()
-        parts: dict[str, list[torch.Tensor]] = {"global": [], "local": []}
-        for start in range(0, len(data), batch_size):
-            x, _ = data.batch(np.arange(start, min(start + batch_size, len(data))))
-            with self._autocast():
-                feats = model.pooled_features(x.to(self.device))
-            for k in parts:
-                parts[k].append(feats[k].float().cpu())
-        return {k: torch.cat(v) for k, v in parts.items()}
+    def _train_epoch(self, wrapped: nn.Module, name: str, epoch: int, epochs: int, batch_size: int, batches: BatchSource,
+                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                     scaler: torch.amp.GradScaler) -> dict[str, float]:
+        """One epoch of optimizer steps; returns the epoch's mean loss, mean loss terms and throughput."""
+        cfg = self.config
+        # Every random draw of an epoch (augmentation, dropout) is seeded by (seed, epoch, rank),
+        # so a resumed stage continues exactly as an uninterrupted one would.
+        epoch_seed = cfg.seed * 100003 + epoch * 101 + self.ctx.rank
+        torch.manual_seed(epoch_seed)
+        gen = torch.Generator().manual_seed(epoch_seed)
+        bar = tqdm(rank_batches(len(batches), batch_size, cfg.seed, epoch, self.ctx), desc=f"{name} {epoch + 1}/{epochs}",
+                   disable=not (cfg.progress and self.ctx.is_main), leave=False)
+        t0, seen, total, terms_sum = time.perf_counter(), 0, 0.0, {}
+        for idx in bar:
+            x, y = batches(idx, gen)
+            with autocast(self.device, self.amp_dtype):
+                loss, terms = wrapped(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            seen += len(idx)
+            total += float(loss.detach()) * len(idx)
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0.0) + v * len(idx)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{seen * self.ctx.world_size / (time.perf_counter() - t0):.1f}")
+        elapsed = time.perf_counter() - t0
+        record = {"loss": total / max(seen, 1), "images_per_s": seen * self.ctx.world_size / elapsed}
+        record.update({k: v / max(seen, 1) for k, v in terms_sum.items()})
+        return record
 
+    # features for the hash stage -------------------------------------------------------------------
     def cached_features(self, model: AGHashNet, train_set: ImageSet, val_set: ImageSet | None) -> dict[str, Any]:
         """Pooled features of the frozen backbones, kept in the work dir: every hash variant
         (bit length, losses, fusion inputs) trained on the same backbones reuses them."""
         path = self.work_dir / f"features-{self.digests['local']}.pt"
         if path.exists():
             return torch.load(path, map_location="cpu", weights_only=True)
-        feats = {"train": self.pooled_features(model, train_set),
-                 "val": self.pooled_features(model, val_set) if val_set is not None else None}
-        self._save_state(path, feats)
+        feats = {"train": pooled_features(model, train_set, self.device, self.amp_dtype),
+                 "val": pooled_features(model, val_set, self.device, self.amp_dtype) if val_set is not None else None}
+        save_on_main(path, feats, self.ctx)
         return feats
 
     # whole run -------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        cfg = self.config
+        cfg, dev = self.config, self.device
         torch.manual_seed(cfg.seed)
         t_all = time.perf_counter()
         train_set, val_set = self.load_data()
-        model = AGHashNet(cfg.model).to(self.device)
-        if cfg.init:
-            from medhash.train.pretrain import apply_backbone_init  # lazy: pretrain imports this module
-
-            init_record = apply_backbone_init(model, cfg.init)
-        else:
-            init_record = {"source": "random"}
-        if self.amp_dtype is not None:
-            model.use_channels_last(True)
-        pos_weight = pos_weight_from_labels(train_set.targets).to(self.device) if cfg.class_weighting else None
+        model, init_record = self.build_model()
+        pos_weight = pos_weight_from_labels(train_set.targets).to(dev) if cfg.class_weighting else None
+        images = ImageBatches(train_set, dev, cfg.augment)
+        scored = val_set is not None and self.ctx.is_main  # validation: on rank 0, when there is a validation set
         history: dict[str, list[dict[str, float]]] = {}
-        dev = self.device
-
-        def image_batch(data: ImageSet, augment: bool):
-            def get(idx: np.ndarray, gen: torch.Generator):
-                x, y = data.batch(idx)
-                x = x.to(dev, non_blocking=True)  # augment where the model runs (GPU when there is one)
-                if augment:
-                    x = augment_batch(x, cfg.augment, gen)
-                return x, y.to(dev)
-            return get
-
-        def branch_validation(branch: str) -> Callable[[], dict[str, float]]:
-            def validate() -> dict[str, float]:
-                if val_set is None or not self.ctx.is_main:
-                    return {}
-                feats = self.pooled_features(model, val_set)
-                clf = model.global_classifier if branch == "global" else model.local_classifier
-                with torch.no_grad():
-                    scores = clf(feats[branch].to(dev)).float().cpu().numpy()
-                return {"val_auroc": macro_auroc(scores, val_set.targets.numpy())}
-            return validate
 
         for stage, epochs in ((GlobalStage(model, pos_weight), cfg.epochs_global), (LocalStage(model, pos_weight), cfg.epochs_local)):
-            history[stage.name] = self.run_stage(model, stage, epochs, cfg.lr, cfg.batch_size, len(train_set),
-                                                 image_batch(train_set, True), branch_validation(stage.name))
+            auroc = BranchAUROC(model, val_set, stage.name, dev, self.amp_dtype) if scored else no_validation
+            history[stage.name] = self.run_stage(model, stage, epochs, cfg.lr, cfg.batch_size, images, auroc)
 
         # Hash head on frozen features: computed once, then many cheap epochs.
         t0 = time.perf_counter()
         cached = self.cached_features(model, train_set, val_set)
-        train_feats = {k: v.to(dev) for k, v in cached["train"].items()}
-        val_feats = {k: v.to(dev) for k, v in cached["val"].items()} if cached["val"] is not None else None
+        train_feats = features_to(cached["train"], dev)
+        val_feats = features_to(cached["val"], dev) if cached["val"] is not None else None
         self.seconds["cache_features"] = time.perf_counter() - t0
-        train_y = train_set.targets.to(dev)
-
-        def hash_validation() -> dict[str, float]:
-            if val_feats is None or not self.ctx.is_main:
-                return {}
-            with torch.no_grad():
-                db = pack_codes(model.hash_head(train_feats)[1])
-                q = pack_codes(model.hash_head(val_feats)[1])
-            return {"val_map": retrieval_map(q, db, val_set.targets.numpy(), train_set.targets.numpy())}
-
-        def feature_batch(idx: np.ndarray, gen: torch.Generator):
-            t = torch.as_tensor(idx, device=dev)
-            return {k: v[t] for k, v in train_feats.items()}, train_y[t]
-
+        retrieval = (RetrievalMAP(model, train_feats, val_feats, train_set.targets.numpy(), val_set.targets.numpy())
+                     if scored and val_feats is not None else no_validation)
         history["hash"] = self.run_stage(model, HashStage(model, pos_weight, cfg.losses), cfg.epochs_hash, cfg.lr_hash,
-                                         cfg.hash_batch_size, len(train_set), feature_batch, hash_validation)
-        if cfg.epochs_joint > 0:
-            def joint_validation() -> dict[str, float]:
-                nonlocal train_feats, val_feats
-                train_feats = {k: v.to(dev) for k, v in self.pooled_features(model, train_set).items()}
-                val_feats = {k: v.to(dev) for k, v in self.pooled_features(model, val_set).items()} if val_set is not None else None
-                return hash_validation()
+                                         cfg.hash_batch_size, FeatureBatches(train_feats, train_set.targets.to(dev)), retrieval)
 
+        if cfg.epochs_joint > 0:
+            retrieval = FreshRetrievalMAP(model, train_set, val_set, dev, self.amp_dtype) if scored else no_validation
             history["joint"] = self.run_stage(model, JointStage(model, pos_weight, cfg.losses), cfg.epochs_joint, cfg.lr_joint,
-                                              cfg.batch_size, len(train_set), image_batch(train_set, True), joint_validation)
+                                              cfg.batch_size, images, retrieval)
         self.seconds["total"] = time.perf_counter() - t_all
+        return self._finish(model, history, init_record, train_set)
+
+    def _finish(self, model: AGHashNet, history: dict[str, list[dict[str, float]]], init_record: dict[str, Any],
+                train_set: ImageSet) -> TrainResult:
+        """Write the checkpoint (rank 0) with the run's record; val_map: the last joint epoch's, else the last hash epoch's."""
+        cfg = self.config
         last = [h for stage in ("joint", "hash") for h in history.get(stage, [])[-1:]]
         val_map = last[0].get("val_map") if last else None
         model_id = ""
