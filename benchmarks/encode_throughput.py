@@ -1,6 +1,7 @@
 """Throughput of the encoding pipeline against the bare model, and the engines, on this machine.
 
     python -m benchmarks.encode_throughput [--n 1000] [--n-large 4000]
+    python -m benchmarks.encode_throughput --integrity-cost [--n 300] [--repeats 5]
 
 Model: DenseNet-121 AGHashNet at 224 px, untrained (throughput does not depend on the weights);
 its hash layer is centred on a few images so that its bits vary and the bf16-vs-fp32 bit
@@ -16,11 +17,20 @@ Measured, in one run:
 - engines: images/s of fp32, fp32 + channels_last and bf16 + channels_last on the bare path, and
   the fraction of code bits equal to fp32.
 Writes benchmarks/results/encode_throughput.json.
+
+--integrity-cost: what the shard checksums (sha256 of both Parquet files, twice: when written and
+when a rerun checks them) and the metadata columns (DICOM header attributes) cost, as a ratio of
+`encode_shard` times with and without them in one process, the two variants interleaved so load
+drift hits both alike, repeated. Half the N phantom images are DICOM files, so the header reading is
+real; the model is the tiny backbone (a small model makes the ratio an upper bound: the extra work
+is per file, the model's is per pixel). "Without" disables the DICOM columns and replaces sha256 by
+a no-op for the measurement. Merged into the result file under "integrity_cost" (other keys kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -31,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import DEFAULT_DATA_ROOT, RESULTS, write_result
+from medhash.atomic import write_text_atomic
 from medhash.bench.machine import machine_info
 
 SHARED_DEV = DEFAULT_DATA_ROOT / "nih-cxr14-dev" / "images"
@@ -107,6 +118,7 @@ def bare_throughput(model: Path, images, engine: str, threads: int) -> tuple[flo
 
 
 def pipeline_row(model: Path, folder: Path, out: Path, workers: int, engine: str, shard_size: int) -> dict:
+    from medhash.codes_format import ShardPaths
     from medhash.pipeline import EncodeJobConfig, run_encode
     from medhash.pipeline.output import read_stats
 
@@ -114,13 +126,13 @@ def pipeline_row(model: Path, folder: Path, out: Path, workers: int, engine: str
                                          shard_size=shard_size, batch_size=32, progress=False, dashboard=False,
                                          overwrite=True))
     manifest = json.loads(summary.manifest.read_text())
-    stats = [read_stats(out / f"{s['name']}.stats.json") for s in manifest["shards"]]
+    stats = [read_stats(ShardPaths.of(out, s["name"]).stats) for s in manifest["shards"]]
     by_pid: dict[int, list] = {}
     for s in stats:
         by_pid.setdefault(s.pid, []).append(s)
     return {
         "workers": workers,
-        "images": summary.inputs,
+        "images": summary.found,
         "encoded": summary.encoded,
         "images_per_s": round(summary.images_per_s, 2),
         "peak_rss_mb": max(s.peak_rss_mb for s in stats),
@@ -147,6 +159,63 @@ def rss_growth(stats: list, shard_size: int, early_images: int) -> dict:
     return out
 
 
+def integrity_cost(n: int, repeats: int) -> dict:
+    """Median and spread of time(with checksums + metadata) / time(without), interleaved, `repeats` times."""
+    from unittest import mock
+
+    import torch
+
+    from medhash.data.decode import read_image
+    from medhash.data.phantoms import PhantomConfig, write_phantom_dataset, write_phantom_dicom
+    from medhash.model import AGHashNet, ModelConfig, load_encoder, save_checkpoint
+    from medhash.pipeline import OutputSpec, collect_items, cut_into_shards, encode_shard
+    from medhash.pipeline import output as shard_output
+    from medhash.pipeline.output import complete_shard_stats
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="medhash-bench-") as tmp:
+        work = Path(tmp)
+        pngs = sorted((write_phantom_dataset(work / "ph", n, PhantomConfig(size=128, seed=3)) / "images").glob("*.png"))
+        for i, png in enumerate(pngs[::2]):  # every other image becomes a DICOM without suffix
+            write_phantom_dicom(png.with_name(f"1.2.840.99.{i}"), read_image(png), PatientSex="F", PatientAge="052Y",
+                                ViewPosition="PA", PixelSpacing=[0.139, 0.139])
+            png.unlink()
+        torch.manual_seed(0)
+        model_path = work / "tiny.pt"
+        save_checkpoint(model_path, AGHashNet(ModelConfig(backbone="tiny", bits=64, global_size=128, local_size=64)).eval())
+        encoder = load_encoder(model_path, engine="fp32", batch_size=32)
+        shards = cut_into_shards(collect_items([work / "ph" / "images"]).items, 100)
+
+        def run(with_extras: bool) -> float:
+            spec = OutputSpec(encoder.model_id, encoder.bits, "fp32", False, False, dicom_meta=with_extras)
+            folder = work / f"out-{with_extras}"
+            patch = contextlib.nullcontext() if with_extras else mock.patch.object(shard_output, "sha256_file", lambda p: "")
+            start = time.perf_counter()
+            with patch:
+                for shard in shards:
+                    encode_shard(shard, lambda: encoder, folder, spec, decode_threads=1)
+                    complete_shard_stats(folder, shard, spec)  # what a rerun does: read the checksums back
+            return time.perf_counter() - start
+
+        run(True), run(False)  # warm-up: page cache, oneDNN primitives
+        pairs = []
+        for i in range(repeats):
+            order = (True, False) if i % 2 == 0 else (False, True)
+            seconds = {variant: run(variant) for variant in order}
+            pairs.append((seconds[True], seconds[False]))
+    ratios = sorted(w / wo for w, wo in pairs)
+    return {
+        "images": n, "dicom_images": (n + 1) // 2, "repeats": repeats, "shard_size": 100, "model": "tiny, 128 px, 64 bits",
+        "ratio_with_over_without_median": round(ratios[len(ratios) // 2], 4),
+        "ratio_min_max": [round(ratios[0], 4), round(ratios[-1], 4)],
+        "seconds_with_without": [[round(w, 3), round(wo, 3)] for w, wo in pairs],
+        "note": ("encode_shard in one process, 1 torch thread, interleaved order alternating per repeat; with = "
+                 "sha256 of both Parquet files on write and on the rerun check + DICOM metadata columns; "
+                 "without = neither. Target: under 5% extra."),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1000)
@@ -158,7 +227,16 @@ def main() -> None:
     parser.add_argument("--adjacent-bare-images", type=int, default=64, help="bare rate re-measured before each row")
     parser.add_argument("--shard-size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=RESULTS / "encode_throughput.json")
+    parser.add_argument("--integrity-cost", action="store_true", help="only measure the checksums' and metadata's cost")
+    parser.add_argument("--repeats", type=int, default=5, help="--integrity-cost: interleaved repeats (at least 3)")
     args = parser.parse_args()
+    if args.integrity_cost:
+        cost = integrity_cost(min(args.n, 400), max(3, args.repeats))
+        merged = json.loads(args.out.read_text()) if args.out.exists() else {}
+        merged["integrity_cost"] = cost
+        write_text_atomic(args.out, json.dumps(merged, indent=1) + "\n")  # the file's own layout: a small diff
+        print(json.dumps(cost, indent=1))
+        return
 
     from medhash.data.decode import read_image
     from medhash.model.runtime import default_precision

@@ -1,15 +1,30 @@
 """The codes folder: what the encoder writes and the index reads, defined once.
 
-    CODES/part-NNNNN.parquet         one row per encoded image (the code shard)
-    CODES/part-NNNNN.errors.parquet  path, image_id, kind, message of every image that failed
-    CODES/_manifest.json             written last: the folder's model, columns, shards and counts
+    CODES/part-NNNNN.parquet          one row per encoded image (the code shard)
+    CODES/_errors/part-NNNNN.parquet  every image of that shard that failed (status "failed")
+    CODES/_errors/inputs.parquet      files found but never planned: skipped by rule, or failed before
+                                      encoding (unreadable file or folder)
+    CODES/_stats/part-NNNNN.json      the shard's counts, timings, sha256 and rows (marks it complete)
+    CODES/_plan.json                  the shard plan, written before any work (what a rerun replays)
+    CODES/_manifest.json              written last: model, columns, shards with sha256, counts
+
+Everything but the code shards begins with `_`, which readers of a folder as a dataset skip:
+`pyarrow.dataset.dataset(CODES)`, `pandas.read_parquet(CODES)` and duckdb's
+`read_parquet('CODES/*.parquet')` read exactly the codes.
 
 A code shard has the columns image_id string, path string, code fixed_size_binary[bits/8],
-box fixed_size_list<int32>[4], then labels list<string> (when a label table was given; null: the
-image is not in the table) and features list<float16> (when features are stored). Both Parquet
-files carry the file metadata medhash.model_id and medhash.bits, and medhash.engine where the
-writer knows the encoder engine. model_id binds codes to the model that made them: codes of two
+box fixed_size_list<int32>[4]; then labels list<string> (when a label table was given; null: the
+image is not in the table); then the metadata columns the job asked for (`MetadataColumns`:
+label-table columns as strings, the non-identifying DICOM attributes `DICOM_COLUMNS`, and
+`patient_key`, a keyed hash); then features list<float16> (when features are stored). Both
+Parquet files carry the file metadata medhash.model_id and medhash.bits, and medhash.engine where
+the writer knows the encoder engine. model_id binds codes to the model that made them: codes of two
 models live in different Hamming spaces, so readers refuse to mix them.
+
+Integrity: the manifest lists each shard's sha256 and row count. `open_shards` checks both before
+any pass, so a flipped bit (disk, copy, network) is refused naming the shard, even one that leaves
+a valid Parquet file (a changed code) which no Parquet reader could notice. A folder without
+`_manifest.json` is not a finished codes folder and is refused as such.
 
 Readers need only the metadata and the four fixed columns; they read the columns a pass needs one
 record batch at a time, so memory stays bounded by the batch size whatever the folder holds.
@@ -23,7 +38,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -31,27 +46,35 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medhash import __version__
-from medhash.atomic import atomic_path, write_text_atomic
+from medhash.atomic import atomic_path, sha256_file, write_text_atomic
 from medhash.errors import CodeShardError
 
 __all__ = [
     "BATCH_ROWS",
     "COMPRESSION",
     "CODE_COLUMNS",
-    "ERRORS_SUFFIX",
+    "DICOM_COLUMNS",
+    "ERRORS_DIR",
     "ERROR_COLUMNS",
+    "INPUTS_ERRORS_FILE",
     "MANIFEST_FILE",
     "MANIFEST_FORMAT",
     "META_BITS",
     "META_ENGINE",
     "META_MODEL_ID",
+    "PATIENT_KEY_COLUMN",
+    "PLAN_FILE",
     "SHARD_GLOB",
+    "STATS_DIR",
     "CodeBatch",
     "CodeShard",
     "CodesManifest",
+    "MetadataColumns",
+    "ShardPaths",
     "code_columns",
     "codes_schema",
     "codes_to_array",
+    "dicom_column_values",
     "errors_schema",
     "iter_batches",
     "open_shards",
@@ -70,17 +93,85 @@ META_BITS = b"medhash.bits"
 META_ENGINE = b"medhash.engine"
 COMPRESSION = "zstd"
 SHARD_GLOB = "part-*.parquet"
-ERRORS_SUFFIX = ".errors.parquet"
+ERRORS_DIR = "_errors"
+STATS_DIR = "_stats"
+INPUTS_ERRORS_FILE = f"{ERRORS_DIR}/inputs.parquet"
+PLAN_FILE = "_plan.json"
 MANIFEST_FILE = "_manifest.json"
 MANIFEST_FORMAT = "medhash.encode-manifest"
-CODE_COLUMNS = ("image_id", "path", "code", "box")  # every shard has these; labels and features are optional
-ERROR_COLUMNS = ("path", "image_id", "kind", "message")
+CODE_COLUMNS = ("image_id", "path", "code", "box")  # every shard has these; the others are optional
+ERROR_COLUMNS = ("path", "image_id", "status", "kind", "message")
+# The non-identifying DICOM attributes (medhash.data.dicom_meta.DicomMeta), column -> type.
+DICOM_COLUMNS: dict[str, pa.DataType] = {
+    "modality": pa.string(),
+    "view_position": pa.string(),
+    "body_part": pa.string(),
+    "patient_sex": pa.string(),
+    "patient_age_years": pa.int16(),  # ages over 89 stored as 90 (HIPAA Safe Harbor)
+    "photometric": pa.string(),
+    "rows": pa.int32(),
+    "columns": pa.int32(),
+    "pixel_spacing": pa.list_(pa.float64(), 2),  # (row, column) spacing in mm
+}
+PATIENT_KEY_COLUMN = "patient_key"  # HMAC-SHA256 of the patient id under the site's secret, hex
 # Rows per streamed batch. 16k rather than 64k: at 10M codes the build's peak RSS fell from 2.5x to
 # 2.2x the index size, and the build ran no slower (benchmarks/search_latency.py).
 BATCH_ROWS = 16_384
 
 
+# ------------------------------------------------------------------------------------------ layout
+
+
+@dataclass(frozen=True)
+class ShardPaths:
+    """The files of one shard in a codes folder."""
+
+    codes: Path
+    errors: Path
+    stats: Path
+
+    @classmethod
+    def of(cls, codes_dir: str | Path, name: str) -> "ShardPaths":
+        codes_dir = Path(codes_dir)
+        return cls(codes_dir / f"{name}.parquet", codes_dir / ERRORS_DIR / f"{name}.parquet",
+                   codes_dir / STATS_DIR / f"{name}.json")
+
+    def existing(self) -> list[Path]:
+        return [p for p in (self.codes, self.errors, self.stats) if p.exists()]
+
+
 # ------------------------------------------------------------------------------------------ schema
+
+
+@dataclass(frozen=True)
+class MetadataColumns:
+    """The optional metadata columns of a folder's shards, after labels and before features."""
+
+    table: tuple[str, ...] = ()  # label-table columns, stored as the strings the table holds
+    dicom: bool = False  # the DICOM_COLUMNS (null in rows of non-DICOM images)
+    patient_key: bool = False  # PATIENT_KEY_COLUMN
+
+    def fields(self) -> list[pa.Field]:
+        fields = [pa.field(name, pa.string()) for name in self.table]
+        if self.dicom:
+            fields += [pa.field(name, kind) for name, kind in DICOM_COLUMNS.items()]
+        if self.patient_key:
+            fields.append(pa.field(PATIENT_KEY_COLUMN, pa.string()))
+        return fields
+
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields()]
+
+
+def dicom_column_values(meta) -> dict:
+    """A medhash.data.dicom_meta.DicomMeta as DICOM_COLUMNS values ("" and missing become null)."""
+    values = {
+        "modality": meta.modality, "view_position": meta.view_position, "body_part": meta.body_part_examined,
+        "patient_sex": meta.patient_sex, "patient_age_years": meta.patient_age_years,
+        "photometric": meta.photometric_interpretation, "rows": meta.rows, "columns": meta.columns,
+        "pixel_spacing": list(meta.pixel_spacing) if meta.pixel_spacing else None,
+    }
+    return {name: (None if value == "" else value) for name, value in values.items()}
 
 
 def shard_metadata(model_id: str, bits: int, engine: str | None = None) -> dict[bytes, bytes]:
@@ -91,11 +182,13 @@ def shard_metadata(model_id: str, bits: int, engine: str | None = None) -> dict[
     return meta
 
 
-def code_columns(with_labels: bool, store_features: bool) -> list[str]:
-    return list(CODE_COLUMNS) + (["labels"] if with_labels else []) + (["features"] if store_features else [])
+def code_columns(with_labels: bool, store_features: bool, metadata: MetadataColumns = MetadataColumns()) -> list[str]:
+    return (list(CODE_COLUMNS) + (["labels"] if with_labels else []) + metadata.names()
+            + (["features"] if store_features else []))
 
 
-def codes_schema(bits: int, *, with_labels: bool, store_features: bool, metadata: dict[bytes, bytes]) -> pa.Schema:
+def codes_schema(bits: int, *, with_labels: bool, store_features: bool, metadata: dict[bytes, bytes],
+                 columns: MetadataColumns = MetadataColumns()) -> pa.Schema:
     fields = [
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
@@ -104,6 +197,7 @@ def codes_schema(bits: int, *, with_labels: bool, store_features: bool, metadata
     ]
     if with_labels:
         fields.append(pa.field("labels", pa.list_(pa.string())))  # null: the image is not in the table
+    fields += columns.fields()
     if store_features:
         fields.append(pa.field("features", pa.list_(pa.float16()), nullable=False))
     return pa.schema(fields, metadata=metadata)
@@ -123,10 +217,12 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 def write_code_shard(path: str | Path, *, model_id: str, bits: int, image_ids: Sequence[str], paths: Sequence[str],
                      codes: np.ndarray, boxes: np.ndarray, labels: Sequence[Sequence[str] | None] | None = None,
-                     features: np.ndarray | None = None, engine: str | None = None) -> None:
+                     features: np.ndarray | None = None, engine: str | None = None,
+                     columns: MetadataColumns = MetadataColumns(), values: Sequence[Mapping] = ()) -> None:
     """Write one code shard: codes uint8 [N, bits/8], boxes int [N, 4], features float [N, D].
 
     labels=None / features=None leave that column out; a None inside labels is a null row.
+    `values` holds one mapping per row for the `columns` (a name missing from a mapping is null).
     """
     nbytes = bits // 8
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -135,43 +231,48 @@ def write_code_shard(path: str | Path, *, model_id: str, bits: int, image_ids: S
         raise ValueError(f"codes shape {codes.shape} is not [{n}, {nbytes}]")
     boxes = np.ascontiguousarray(boxes, dtype=np.int32)
     schema = codes_schema(bits, with_labels=labels is not None, store_features=features is not None,
-                          metadata=shard_metadata(model_id, bits, engine))
-    columns = [
+                          metadata=shard_metadata(model_id, bits, engine), columns=columns)
+    arrays = [
         pa.array(list(image_ids), pa.string()),
         pa.array(list(paths), pa.string()),
         pa.FixedSizeBinaryArray.from_buffers(pa.binary(nbytes), n, [None, pa.py_buffer(codes.tobytes())]),
         pa.FixedSizeListArray.from_arrays(pa.array(boxes.reshape(-1), pa.int32()), 4),
     ]
     if labels is not None:
-        columns.append(pa.array([None if lb is None else list(lb) for lb in labels], pa.list_(pa.string())))
+        arrays.append(pa.array([None if lb is None else list(lb) for lb in labels], pa.list_(pa.string())))
+    fields = columns.fields()
+    if fields and len(values) != n:
+        raise ValueError(f"{len(values)} metadata rows for {n} codes")
+    arrays += [pa.array([row.get(f.name) for row in values], f.type) for f in fields]
     if features is not None:
         features = np.asarray(features).astype(np.float16, copy=False)
         offsets = pa.array(np.arange(n + 1, dtype=np.int32) * features.shape[1], pa.int32())
-        columns.append(pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1), pa.float16())))
-    _write_parquet(pa.Table.from_arrays(columns, schema=schema), Path(path))
+        arrays.append(pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1), pa.float16())))
+    _write_parquet(pa.Table.from_arrays(arrays, schema=schema), Path(path))
 
 
-def write_errors_shard(path: str | Path, errors: Sequence[tuple[str, str, str, str]], *, model_id: str, bits: int,
+def write_errors_shard(path: str | Path, errors: Sequence[tuple[str, str, str, str, str]], *, model_id: str, bits: int,
                        engine: str | None = None) -> None:
-    """Write the (path, image_id, kind, message) of each image of a shard that failed."""
-    columns = [pa.array([e[i] for e in errors], pa.string()) for i in range(len(ERROR_COLUMNS))]
+    """Write the (path, image_id, status, kind, message) of each file that was not encoded."""
+    arrays = [pa.array([e[i] for e in errors], pa.string()) for i in range(len(ERROR_COLUMNS))]
     schema = errors_schema(shard_metadata(model_id, bits, engine))
-    _write_parquet(pa.Table.from_arrays(columns, schema=schema), Path(path))
+    _write_parquet(pa.Table.from_arrays(arrays, schema=schema), Path(path))
 
 
 @dataclass
 class CodesManifest:
-    """The fields of _manifest.json. Readers use `shards[i]["file"]`; the rest describes the folder."""
+    """The fields of _manifest.json. Readers use `shards[i]["file"]`, `"sha256"` and `"rows"`."""
 
     model_id: str
     bits: int
     engine: str | None
     with_labels: bool
     store_features: bool
-    shards: list[dict]  # {"name", "file", "errors_file", "items", "encoded", "failed"} per shard, in order
-    counts: dict  # inputs, encoded, failed, ... over the folder
+    shards: list[dict]  # {"name", "file", "rows", "sha256", "errors_file", "items", "encoded", "failed"} in order
+    counts: dict  # found, encoded, failed, skipped, ... over the folder
     request: dict = field(default_factory=dict)  # the inputs and options that produced the folder
     timing: dict = field(default_factory=dict)
+    metadata_columns: MetadataColumns = MetadataColumns()
 
     def to_json(self) -> dict:
         return {
@@ -182,7 +283,7 @@ class CodesManifest:
             "engine": self.engine,
             "with_labels": self.with_labels,
             "store_features": self.store_features,
-            "columns": code_columns(self.with_labels, self.store_features),
+            "columns": code_columns(self.with_labels, self.store_features, self.metadata_columns),
             "request": self.request,
             "counts": self.counts,
             "shards": self.shards,
@@ -202,17 +303,18 @@ def write_codes_manifest(codes_dir: str | Path, *, model_id: str, bits: int) -> 
 
     The encoder writes its own through `write_manifest`, with the counts of failed images and timings.
     """
-    paths = _listed_shards(Path(codes_dir))
+    codes_dir = Path(codes_dir)
+    paths = sorted(codes_dir.glob(SHARD_GLOB))
     metas = [pq.read_metadata(p) for p in paths]
     rows = [m.num_rows for m in metas]
     names = metas[0].schema.to_arrow_schema().names if metas else []
     engine = (metas[0].metadata or {}).get(META_ENGINE) if metas else None
-    shards = [{"name": p.name[: -len(".parquet")], "file": p.name, "items": r, "encoded": r, "failed": 0}
-              for p, r in zip(paths, rows)]
+    shards = [{"name": p.name[: -len(".parquet")], "file": p.name, "rows": r, "sha256": sha256_file(p),
+               "items": r, "encoded": r, "failed": 0} for p, r in zip(paths, rows)]
     return write_manifest(codes_dir, CodesManifest(
         model_id=model_id, bits=bits, engine=engine.decode() if engine is not None else None,
         with_labels="labels" in names, store_features="features" in names, shards=shards,
-        counts={"inputs": sum(rows), "encoded": sum(rows), "failed": 0, "shards": len(shards)}))
+        counts={"found": sum(rows), "encoded": sum(rows), "failed": 0, "skipped": 0, "shards": len(shards)}))
 
 
 # ------------------------------------------------------------------------------------------ readers
@@ -237,42 +339,53 @@ class CodeBatch:
     skipped: int  # rows dropped because code or image_id was null
 
 
-def _listed_shards(codes_dir: Path) -> list[Path]:
-    """The folder's code shards by name (errors files left out), sorted."""
-    return sorted(p for p in codes_dir.glob(SHARD_GLOB) if not p.name.endswith(ERRORS_SUFFIX))
-
-
-def _shard_paths(codes_dir: Path) -> list[Path]:
+def _manifest_entries(codes_dir: Path) -> list[dict]:
+    """The shards the manifest lists; a missing or unreadable manifest is refused as such."""
     manifest = codes_dir / MANIFEST_FILE
-    if manifest.exists():
-        try:
-            listed = json.loads(manifest.read_text(encoding="utf-8")).get("shards", [])
-            paths = [codes_dir / Path(entry["file"]).name for entry in listed]
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise CodeShardError(manifest, f"unreadable codes manifest: {exc}") from exc
-        missing = [p.name for p in paths if not p.exists()]
-        if missing:
-            raise CodeShardError(manifest, f"lists shard(s) that do not exist: {missing[:5]}")
-        if paths:
-            return paths
-    return _listed_shards(codes_dir)
+    if not manifest.exists():
+        raise CodeShardError(codes_dir, f"no {MANIFEST_FILE}: not a finished codes folder (encode writes it last; "
+                             "rerun the encode to finish it, or write one with codes_format.write_codes_manifest)")
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8"))["shards"]
+        for entry in listed:
+            Path(entry["file"])
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CodeShardError(manifest, f"unreadable codes manifest: {exc}") from exc
+    return listed
 
 
-def open_shards(codes_dir: str | Path) -> list[CodeShard]:
-    """Validate every shard's schema and metadata up front (fail before any long pass).
+def _verify(path: Path, entry: dict) -> None:
+    """The shard's row count and sha256 against the manifest's (entries written without them are not checked)."""
+    rows, digest = entry.get("rows"), entry.get("sha256")
+    if rows is not None and pq.read_metadata(path).num_rows != rows:
+        raise CodeShardError(path, f"holds {pq.read_metadata(path).num_rows} rows, the manifest says {rows}: "
+                             "the shard changed after it was written; rerun the encode into this folder to redo it")
+    if digest is not None and sha256_file(path) != digest:
+        raise CodeShardError(path, "sha256 differs from the manifest's: the shard changed after it was written "
+                             "(damaged disk or copy?); rerun the encode into this folder to redo it")
+
+
+def open_shards(codes_dir: str | Path, *, verify: bool = True) -> list[CodeShard]:
+    """Validate every shard's schema, metadata and (verify=True) checksum up front (fail before any long pass).
 
     Every problem in every shard is collected into one error, so a user fixes them in one go.
     """
     codes_dir = Path(codes_dir)
     if not codes_dir.is_dir():
         raise CodeShardError(codes_dir, "codes folder does not exist")
-    paths = _shard_paths(codes_dir)
-    if not paths:
-        raise CodeShardError(codes_dir, f"no {SHARD_GLOB} shards found")
+    entries = _manifest_entries(codes_dir)
+    if not entries:
+        raise CodeShardError(codes_dir / MANIFEST_FILE, "lists no shards")
     shards, problems = [], []
-    for path in paths:
+    for entry in entries:
+        path = codes_dir / Path(entry["file"]).name
         try:
-            shards.append(_inspect(path))
+            if not path.exists():
+                raise CodeShardError(path, "listed in the manifest but missing")
+            shard = _inspect(path)
+            if verify:
+                _verify(path, entry)
+            shards.append(shard)
         except CodeShardError as exc:
             problems.append(str(exc))
     if problems:

@@ -23,6 +23,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of two worker processes for a module's encode jobs (run_encode(scheduler=...))."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+        with Client(local) as client:
+            yield client
+
+
 @pytest.fixture(scope="session")
 def served_archive(tmp_path_factory):
     """A small phantom archive with a tiny model and a flat index (medhash.app.fixtures)."""

@@ -315,10 +315,14 @@ def test_bad_shards_are_named(tmp_path):
     folder = tmp_path / "codes"
     write_codes(folder, random_codes(np.random.default_rng(9), 10))
     pq.write_table(pa.table({"image_id": ["a"], "path": ["a.png"]}), folder / "part-00009.parquet")
-    (folder / "_manifest.json").unlink()
+    write_codes_manifest(folder, model_id=MODEL, bits=BITS)
     with pytest.raises(CodeShardError, match="part-00009.parquet: missing file metadata"):
         build_index(folder, tmp_path / "idx")
-    with pytest.raises(CodeShardError, match="no part"):
+    (folder / "_manifest.json").unlink()
+    with pytest.raises(CodeShardError, match="no _manifest.json: not a finished codes folder") as missing:
+        build_index(folder, tmp_path / "idx")
+    assert "part-00009" not in str(missing.value), "a missing manifest is reported as such, not as another file's problem"
+    with pytest.raises(CodeShardError, match="no _manifest.json"):
         build_index(tmp_path, tmp_path / "idx")
 
 
@@ -333,6 +337,9 @@ def test_null_rows_are_skipped_and_duplicates_refused(tmp_path):
     code[3] = None
     table = table.set_column(table.column_names.index("code"), "code", pa.array(code, table.schema.field("code").type))
     pq.write_table(table, folder / "part-00000.parquet")
+    with pytest.raises(CodeShardError, match="part-00000.parquet: sha256 differs"):
+        build_index(folder, tmp_path / "idx")
+    write_codes_manifest(folder, model_id=MODEL, bits=BITS)  # the changed shard, now recorded as it is
     manifest = build_index(folder, tmp_path / "idx")
     assert manifest.count == 19 and manifest.skipped_rows == 1
     assert "img00003" not in pq.read_table(tmp_path / "idx" / IDS_FILE).column("image_id").to_pylist()
@@ -432,6 +439,7 @@ def model_and_archive(tmp_path_factory):
     write_code_shard(root / "codes" / "part-00000.parquet", model_id=encoder.model_id, bits=BITS,
                      image_ids=[p.stem for p in paths], paths=[str(p) for p in paths], codes=encoded.codes,
                      boxes=encoded.boxes, labels=[("Mass",)] * len(paths))
+    write_codes_manifest(root / "codes", model_id=encoder.model_id, bits=BITS)
     build_index(root / "codes", root / "idx")
     return root, model_path, paths, encoded
 

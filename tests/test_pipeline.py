@@ -27,7 +27,7 @@ from PIL import Image
 
 from medhash.data.decode import DECODE_ERROR_KINDS, read_image
 from medhash.data.labels import read_label_table
-from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
+from medhash.data.phantoms import PhantomConfig, write_phantom_dataset, write_phantom_dicom
 from medhash.errors import PipelineError
 from medhash.model import AGHashNet, ModelConfig, load_encoder, save_checkpoint
 from medhash.pipeline import EncodeJobConfig, InputOptions, OutputSpec, collect_items, cut_into_shards, encode_shard, run_encode
@@ -69,15 +69,6 @@ def tiny_model(tmp_path_factory, image_files) -> Path:
     return _tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", images, seed=0)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
-        with Client(local) as client:
-            yield client
-
-
 def encode(cluster, model: Path, out: Path, inputs, **options):
     cluster.wait_for_workers(1)
     config = dict(model=model, out=out, inputs=tuple(map(str, inputs)), scheduler=cluster.scheduler.address,
@@ -90,7 +81,7 @@ def read_codes(out: Path) -> pa.Table:
 
 
 def read_errors(out: Path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.errors.parquet"))])
+    return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("_errors/part-*.parquet"))])
 
 
 def reference(model: Path, images: list[np.ndarray]):
@@ -116,13 +107,17 @@ def test_inputs_are_sorted_deduplicated_and_typed(tmp_path, image_files):
     listing = tmp_path / "more.txt"
     listing.write_text(f"# comment\n\narchive/a/{image_files[1].name}\n{root / 'b' / image_files[0].name}\nmissing.png\n")
 
-    items = collect_items([root, str(root / "a" / "*.png"), listing])
+    found = collect_items([root, str(root / "a" / "*.png"), listing])
+    items = found.items
     paths = [i.path for i in items]
     assert paths == sorted(set(paths)), "sorted, each path once although three inputs overlap"
     assert not any(".hidden" in p or p.endswith(".csv") for p in paths)
     assert str(root / "IM0001") in paths and str(tmp_path / "missing.png") in paths
-    assert {i.image_id for i in items} >= {p.stem for p in image_files[:4]}
-    assert collect_items([listing, root]) == items, "same items whatever the input order"
+    ids = {i.path: i.image_id for i in items}
+    assert ids[str(root / "a" / image_files[1].name)] == f"a/{image_files[1].name}", "ids: paths below the root"
+    assert ids[str(root / "IM0001")] == "IM0001" and ids[str(tmp_path / "missing.png")] == "missing.png"
+    assert {(n.kind, Path(n.path).name) for n in found.not_encoded} == {("hidden", ".hidden"), ("not_an_image", "notes.csv")}
+    assert collect_items([listing, root]) == found, "same items whatever the input order"
 
     shards = cut_into_shards(items, 3)
     assert [len(s) for s in shards] == [3] * (len(items) // 3) + ([len(items) % 3] if len(items) % 3 else [])
@@ -138,7 +133,7 @@ def test_parquet_input_needs_an_unambiguous_bytes_column(tmp_path):
     pq.write_table(pa.table({"a": pa.array([b"x"]), "b": pa.array([b"y"])}), table)
     with pytest.raises(PipelineError, match="--bytes-column"):
         collect_items([table])
-    items = collect_items([table], options=InputOptions(bytes_column="b"))
+    items = collect_items([table], options=InputOptions(bytes_column="b")).items
     assert [(i.path.endswith("::row=0"), i.image_id, i.locator[2]) for i in items] == [(True, "t-0", "b")]
 
 
@@ -155,20 +150,21 @@ def test_encode_shard_in_process_isolates_an_image_the_model_rejects(tiny_model,
                 raise RuntimeError("7x7 refused")
             return real.encode_images(images, with_features)
 
-    shard = cut_into_shards(collect_items([*image_files[:5], odd]), 10)[0]
+    shard = cut_into_shards(collect_items([*image_files[:5], odd]).items, 10)[0]
     output = OutputSpec(real.model_id, real.bits, "fp32", with_labels=False, store_features=True)
     stats = encode_shard(shard, PickyEncoder, tmp_path / "out", output)
     assert (stats.items, stats.encoded, stats.failed, stats.failed_by_kind) == (6, 5, 1, {"encode_failed": 1})
-    assert json.loads((tmp_path / "out" / "part-00000.stats.json").read_text())["encoded"] == 5
-    errors = pq.read_table(tmp_path / "out" / "part-00000.errors.parquet").to_pylist()
-    assert errors == [{"path": str(odd), "image_id": "odd", "kind": "encode_failed", "message": "RuntimeError: 7x7 refused"}]
+    assert json.loads((tmp_path / "out" / "_stats" / "part-00000.json").read_text())["encoded"] == 5
+    errors = pq.read_table(tmp_path / "out" / "_errors" / "part-00000.parquet").to_pylist()
+    assert errors == [{"path": str(odd), "image_id": "odd.png", "status": "failed", "kind": "encode_failed",
+                       "message": "RuntimeError: 7x7 refused"}]
     table = pq.read_table(tmp_path / "out" / "part-00000.parquet")
     assert table.schema.field("features").type == pa.list_(pa.float16())
     by_id = dict(zip(table.column("image_id").to_pylist(), code_bytes(table)))
     expected = real.encode_images([read_image(p) for p in image_files[:5]], with_features=True)
-    np.testing.assert_array_equal(np.array([by_id[p.stem] for p in image_files[:5]]), expected.codes)
+    np.testing.assert_array_equal(np.array([by_id[p.name] for p in image_files[:5]]), expected.codes)
     features = np.array(table.column("features").to_pylist(), np.float32)
-    order = [table.column("image_id").to_pylist().index(p.stem) for p in image_files[:5]]
+    order = [table.column("image_id").to_pylist().index(p.name) for p in image_files[:5]]
     np.testing.assert_allclose(features[order], expected.features, rtol=1e-3, atol=1e-3)
 
 
@@ -188,7 +184,7 @@ def test_cli_with_scheduler_matches_in_process_encode_and_reruns_identically(clu
                 "--engine", "fp32", "--batch-size", str(BATCH), "--shard-size", str(SHARD), "--no-progress"]
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output
-        assert "40 inputs: 40 encoded, 0 failed" in result.output
+        assert "40 files found: 40 encoded, 0 failed, 0 skipped" in result.output
 
     first, second = read_codes(outs[0]), read_codes(outs[1])
     assert first.equals(second, check_metadata=True), "two runs write identical Parquet content"
@@ -213,7 +209,7 @@ def test_cli_with_scheduler_matches_in_process_encode_and_reruns_identically(clu
     assert first.column("path").to_pylist() == [str(p) for p in image_files]
 
     manifest = json.loads((outs[0] / "_manifest.json").read_text())
-    assert manifest["counts"]["inputs"] == manifest["counts"]["encoded"] == 40
+    assert manifest["counts"]["found"] == manifest["counts"]["encoded"] == 40
     assert [s["name"] for s in manifest["shards"]] == ["part-00000", "part-00001", "part-00002"]
 
 
@@ -238,7 +234,7 @@ def test_corrupt_files_land_in_error_files_and_counts_reconcile(cluster, tiny_mo
         (folder / name).write_bytes(data)
 
     summary = encode(cluster, tiny_model, tmp_path / "out", [folder], shard_size=50)
-    assert (summary.inputs, summary.encoded, summary.failed) == (200, 195, 5)
+    assert (summary.found, summary.encoded, summary.failed, summary.skipped) == (200, 195, 5, 0)
     errors = read_errors(tmp_path / "out")
     assert sorted(Path(p).name for p in errors.column("path").to_pylist()) == sorted(corrupt)
     assert set(errors.column("kind").to_pylist()) <= set(DECODE_ERROR_KINDS)
@@ -248,7 +244,7 @@ def test_corrupt_files_land_in_error_files_and_counts_reconcile(cluster, tiny_mo
     assert read_codes(tmp_path / "out").num_rows == 195
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     counts = manifest["counts"]
-    assert counts["inputs"] == counts["encoded"] + counts["failed"] == 200
+    assert counts["found"] == counts["encoded"] + counts["failed"] + counts["skipped"] == 200
     assert sum(counts["failed_by_kind"].values()) == 5
     assert sum(s["items"] for s in manifest["shards"]) == 200
 
@@ -269,7 +265,7 @@ def test_tar_shards_and_parquet_bytes_are_inputs(cluster, tiny_model, phantoms, 
                    table, row_group_size=5)
 
     summary = encode(cluster, tiny_model, tmp_path / "out", [table, archive], labels=phantoms / "labels.csv")
-    assert (summary.inputs, summary.encoded, summary.failed) == (24, 24, 0)
+    assert (summary.found, summary.encoded, summary.failed) == (24, 24, 0)
     out = read_codes(tmp_path / "out")
     ordered = sorted([(str(archive), p) for p in tar_files] + [(str(table), p) for p in table_files])
     assert out.column("image_id").to_pylist() == [p.stem for _, p in ordered]
@@ -282,23 +278,6 @@ def test_tar_shards_and_parquet_bytes_are_inputs(cluster, tiny_model, phantoms, 
     np.testing.assert_array_equal(code_bytes(out), expected.codes)
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, patient_id: str, patient_name: str) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.PatientID, ds.PatientName, ds.PatientBirthDate = patient_id, patient_name, "19700101"
-    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "DX", 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.Rows, ds.Columns = pixels.shape
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 @pytest.mark.distributed
 @pytest.mark.timeout(180)
 def test_other_model_is_refused_overwrite_restarts_and_dicom_identity_stays_out(cluster, tiny_model, image_files, tmp_path):
@@ -307,18 +286,19 @@ def test_other_model_is_refused_overwrite_restarts_and_dicom_identity_stays_out(
     for path in image_files[:6]:
         (folder / path.name).write_bytes(path.read_bytes())
     pixels = (np.random.default_rng(0).random((64, 64)) * 4000).astype(np.uint16)
-    _write_dicom(folder / "study7.dcm", pixels, "PID-88412-X", "Doe^Jane")
+    write_phantom_dicom(folder / "study7.dcm", pixels, PatientID="PID-88412-X", PatientName="Doe^Jane",
+                        PatientBirthDate="19700101")
     out = tmp_path / "out"
     first = encode(cluster, tiny_model, out, [folder], shard_size=4)
     assert (first.encoded, first.shards) == (7, 2)
-    assert "study7" in read_codes(out).column("image_id").to_pylist()
-    for path in out.iterdir():
+    assert "study7.dcm" in read_codes(out).column("image_id").to_pylist()
+    for path in (p for p in out.rglob("*") if p.is_file()):
         data = path.read_bytes()
         assert b"PID-88412-X" not in data and b"Doe^Jane" not in data and b"19700101" not in data, path
 
     again = encode(cluster, tiny_model, out, [folder], shard_size=4)
     assert (again.shards_skipped, again.shards_run) == (2, 0), "a finished folder is not redone"
-    (out / "part-00001.stats.json").unlink()  # as if killed between the shard's files
+    (out / "_stats" / "part-00001.json").unlink()  # as if killed between the shard's files
     redo = encode(cluster, tiny_model, out, [folder], shard_size=4)
     assert (redo.shards_skipped, redo.shards_run) == (1, 1)
 
@@ -343,9 +323,9 @@ def test_worker_killed_mid_task_is_retried(cluster, tiny_model, image_files, tmp
     finally:
         cluster.run(lambda key=FAULT_KILL_WORKER_ONCE: os.environ.pop(key, None))
     assert marker.exists(), "a worker process was killed inside a task"
-    assert (summary.inputs, summary.encoded, summary.shards_run) == (32, 32, 2)
+    assert (summary.found, summary.encoded, summary.shards_run) == (32, 32, 2)
     ids = read_codes(tmp_path / "out").column("image_id").to_pylist()
-    assert sorted(ids) == sorted(p.stem for p in image_files[:32])
+    assert sorted(ids) == sorted(p.name for p in image_files[:32])
 
 
 @pytest.mark.slow
@@ -367,14 +347,14 @@ def test_killed_job_resumes_and_writes_every_image_once(cluster, tiny_model, pha
             pass
     assert job.returncode == -signal.SIGKILL, output
     assert (out / "_plan.json").exists() and not (out / "_manifest.json").exists()
-    finished = len(list(out.glob("part-*.stats.json")))
+    finished = len(list(out.glob("_stats/part-*.json")))
     assert 2 <= finished < 5, output
 
     summary = encode(cluster, tiny_model, out, [phantoms / "images"], shard_size=8)
     assert summary.shards_skipped == finished and summary.shards_run == 5 - finished
     ids = read_codes(out).column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == 40
-    assert not list(out.glob(".*.tmp")), "temp files of the killed run are cleaned up"
+    assert not list(out.rglob(".*.tmp")), "temp files of the killed run are cleaned up"
     deadline = time.time() + 10
     while time.time() < deadline:  # the killed job's worker processes are gone too
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from medhash.errors import LabelTableError
+
+log = logging.getLogger(__name__)
 
 NO_FINDING = "No Finding"
 FINDINGS: tuple[str, ...] = (
@@ -50,6 +53,15 @@ class LabelRecord:
     patient_id: str
     labels: tuple[str, ...]
     fold: int | None = None
+    # Every other column of the row, (name, value) in table order; the NIH columns also under the
+    # dev format's names (view, age, sex), so `--columns view,age,sex` means the same in both.
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def value(self, column: str) -> str | None:
+        """The row's value in `column` (a table column or a NIH alias); None when the table has no such column."""
+        if column == "patient_id":
+            return self.patient_id
+        return next((v for name, v in self.extra if name == column), None)
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,26 @@ class LabelProblem:
 
     def __str__(self) -> str:
         return f"row {self.row} ({self.image_id}): {self.kind}: {self.detail}"
+
+
+SHOWN_PROBLEMS = 20
+
+
+def report_label_problems(table: "LabelTable", *, strict: bool = False) -> None:
+    """Log a label table's problems (the first `SHOWN_PROBLEMS` and a count by kind); strict: refuse the table.
+
+    One way of reporting for every command that reads a table (train, evaluate, encode).
+    """
+    if not table.problems:
+        return
+    kinds = Counter(p.kind for p in table.problems)
+    summary = f"{table.source}: {len(table.problems)} label table problem(s): " + ", ".join(
+        f"{kind} {n}" for kind, n in sorted(kinds.items()))
+    if strict:
+        raise LabelTableError(f"{summary}; first: {table.problems[0]} (without --strict these are warnings)")
+    for problem in table.problems[:SHOWN_PROBLEMS]:
+        log.warning("%s: %s", table.source, problem)
+    log.warning("%s", summary)
 
 
 @dataclass
@@ -79,6 +111,10 @@ class LabelTable:
 
     def multi_hot(self) -> np.ndarray:
         return multi_hot([r.labels for r in self.records], self.classes)
+
+    def columns(self) -> list[str]:
+        """The names `LabelRecord.value` answers: patient_id and every other column (NIH aliases included)."""
+        return ["patient_id"] + ([name for name, _ in self.records[0].extra] if self.records else [])
 
     def by_id(self) -> dict[str, LabelRecord]:
         return {r.image_id: r for r in self.records}
@@ -110,6 +146,16 @@ _FORMATS = {
     "medhash": {"image_id": "image_id", "path": "file", "patient_id": "patient_id", "labels": "labels"},
     "nih": {"image_id": "Image Index", "path": "Image Index", "patient_id": "Patient ID", "labels": "Finding Labels"},
 }
+# NIH column -> the dev format's name for it (extra columns are also reachable under these).
+_NIH_ALIASES = {"View Position": "view", "Patient Age": "age", "Patient Gender": "sex", "Follow-up #": "follow_up"}
+
+
+def _extra_columns(row: dict, fmt: str) -> tuple[tuple[str, str], ...]:
+    own = set(_FORMATS[fmt].values())
+    pairs = [(name, (value or "").strip()) for name, value in row.items() if name is not None and name not in own]
+    if fmt == "nih":
+        pairs += [(_NIH_ALIASES[name], value) for name, value in pairs if name in _NIH_ALIASES]
+    return tuple(pairs)
 
 
 def _open_text(path: Path):
@@ -182,5 +228,5 @@ def read_label_table(
             problems.append(LabelProblem(row_no, image_id, "malformed_row", f"dev_fold {fold_text!r} is not an integer"))
             fold = None
         patient = (row.get(cols["patient_id"]) or "").strip() or image_id
-        records.append(LabelRecord(image_id, path, patient, labels, fold))
+        records.append(LabelRecord(image_id, path, patient, labels, fold, _extra_columns(row, fmt)))
     return LabelTable(csv_path, records, problems, tuple(classes))

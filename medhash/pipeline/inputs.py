@@ -1,44 +1,60 @@
 """Input items of an encoding job: folders, globs, path lists, tar shards and Parquet byte columns.
 
 `collect_items(inputs, ...)` turns the command-line INPUTs into one deterministic list of
-`InputItem`s: sorted by (source, position inside the source), duplicates dropped. Each item says
-how a worker gets its bytes (`reader`: a key of `ITEM_READERS` in medhash.pipeline.readers) and
-where (`source` + `locator`), so the plan can be written once and replayed exactly.
+`InputItem`s, sorted by (source, position inside the source), each path once, plus a
+`NotEncoded` record for every file found that will not be encoded. Each item says how a worker
+gets its bytes (`reader`: a key of `ITEM_READERS` in medhash.pipeline.readers) and where
+(`source` + `locator`), so the plan can be written once and replayed exactly.
 
 Which kind an INPUT is (first match wins, see `INPUT_KINDS`):
 - glob: contains *, ? or [ and is not an existing path (`**` recurses);
-- folder: every image file below it, recursively; hidden files and folders are skipped;
+- folder: every file below it, recursively (a folder argument is walked, never "one input");
 - tar: a plain (uncompressed) `.tar`, WebDataset style: each image member is one item;
 - parquet: `.parquet`/`.pq` with an image-bytes column (binary, or a struct with a `bytes` field);
 - list: `.txt`/`.lst`/`.list`, one path per line (relative paths resolve against the list's folder;
   blank lines and lines starting with # are skipped);
 - file: any other existing file is one image (the format is found from its bytes when decoded).
 
-Image files are recognised by suffix (`IMAGE_SUFFIXES`); files without a suffix are taken too,
-because DICOM archives often name files `IM0001`. Undecodable ones end in the errors file.
+Files found in folders and globs are recognised by content (medhash.data.sniff), whatever their
+name: PACS exports name files by UID without a suffix, or `IM0001.001`. Every file found ends in
+exactly one of: an item (to encode; it may still fail to decode), skipped by rule (hidden files and
+folders, not an image, a symlink leaving the input root unless `follow_symlinks`), or failed before
+planning (unreadable file or folder: os.walk's errors are collected, never dropped). A file whose
+content is not recognised but whose suffix is an image's (`IMAGE_SUFFIXES`) is planned, so a
+corrupt `x.png` is reported as failed, not skipped. Files named explicitly (list, single file) are
+planned as given. Links to folders inside the root are skipped (their files are found where they
+are), which also keeps the walk free of cycles.
 
-image_id: the label table's id when the item's path matches a table row, else the file stem (tar:
-the member's stem; Parquet: the id column, else `<table stem>-<row>`). Nothing is read from the
-image itself, so a DICOM's PatientID never becomes an id.
+image_id (unique, stable across runs): the path relative to the input root with POSIX separators
+(folder: the folder; glob: its leading part without wildcards; single file: its folder; list: the
+entry as written; tar: the member name; Parquet: the id column, else `<table stem>-<row>`); the
+label table's id when a table row matches (by path, else by id, else by the id's file stem); with
+`id_from="sop-uid"` a DICOM's SOPInstanceUID, read here through `read_dicom_identifiers`. Two items
+with one id are refused, naming both files, before anything is planned.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import stat
 import tarfile
-from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
-from medhash.errors import PipelineError
+from medhash.data.dicom_meta import read_dicom_identifiers
+from medhash.data.keyed import keyed_hash
+from medhash.data.sniff import sniff_format
+from medhash.errors import ImageDecodeError, PipelineError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 # Parquet: names tried, in order, when the byte / id column is not given.
 BYTES_COLUMN_NAMES = ("image", "image_bytes", "bytes", "png", "jpg", "dcm", "data", "content")
 ID_COLUMN_NAMES = ("image_id", "id", "key", "__key__")
+ID_SOURCES = ("path", "sop-uid")
 
 
 @dataclass(frozen=True)
@@ -52,54 +68,156 @@ class InputItem:
     locator: tuple = ()  # tar: (offset, size); parquet: (row_group, row_in_group, column, field or None)
     order: tuple = ()  # position inside `source`, for sorting
     labels: tuple[str, ...] | None = None  # from the label table; None: not in the table
+    values: tuple[str | None, ...] | None = None  # the label-table columns asked for; None: not in the table
+    patient_key: str | None = None  # keyed hash of the table's patient id (never the id itself)
 
     def sort_key(self) -> tuple:
         return (self.source, self.order)
 
     def to_json(self) -> list:
         return [self.path, self.image_id, self.reader, self.source, list(self.locator),
-                None if self.labels is None else list(self.labels)]
+                None if self.labels is None else list(self.labels),
+                None if self.values is None else list(self.values), self.patient_key]
 
     @classmethod
     def from_json(cls, row: list) -> "InputItem":
-        path, image_id, reader, source, locator, labels = row
-        return cls(path, image_id, reader, source, tuple(locator), (), None if labels is None else tuple(labels))
+        path, image_id, reader, source, locator, labels, values, patient_key = row
+        return cls(path, image_id, reader, source, tuple(locator), (), None if labels is None else tuple(labels),
+                   None if values is None else tuple(values), patient_key)
 
 
-# ------------------------------------------------------------------------------------------ kinds
+@dataclass(frozen=True)
+class NotEncoded:
+    """A file (or a folder not entered) that was found but is not planned."""
+
+    path: str
+    status: str  # "skipped" (by rule, not a failure) | "failed" (before planning)
+    kind: str  # skipped: hidden | not_an_image | symlink_outside_root | symlink_inside_root;
+    # failed: unreadable | unreadable_folder
+    message: str
+
+    def row(self) -> tuple[str, str, str, str, str]:
+        """As a row of the codes format's errors files (path, image_id, status, kind, message)."""
+        return (self.path, "", self.status, self.kind, self.message)
+
+
+@dataclass
+class FoundInputs:
+    items: list[InputItem] = field(default_factory=list)
+    not_encoded: list[NotEncoded] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    bytes_column: str | None = None
+    id_column: str | None = None
+    id_from: str = "path"  # ID_SOURCES
+    follow_symlinks: bool = False  # also take links (to files or folders) that leave the input root
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """What of a matched label-table row travels into the output besides the labels."""
+
+    names: tuple[str, ...] = ()  # table columns, stored as written (patient_id excluded)
+    patient_secret: bytes | None = None  # with it, the table's patient id is stored keyed-hashed
+
+
+Listed = InputItem | NotEncoded
+
+# ------------------------------------------------------------------------------------------ files
 
 
 def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[") and not Path(text).exists()
 
 
-def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES or path.suffix == ""
+def _posix_id(path: str, root: str) -> str:
+    return PurePath(os.path.relpath(path, root)).as_posix()
 
 
-def _file_item(path: Path) -> InputItem:
+def _file_item(path: str, image_id: str) -> InputItem:
     absolute = os.path.abspath(path)
-    return InputItem(absolute, path.stem, "file", absolute)
+    return InputItem(absolute, image_id, "file", absolute)
 
 
-def _list_folder(text: str, options: "InputOptions") -> Iterator[InputItem]:
-    for root, dirs, files in os.walk(text):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+def _inside(path: str, real_root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"{type(exc).__name__}: {exc.strerror or 'unreadable'}"  # no path or content: the row names the file
+
+
+def _classify_file(path: str, root: str, real_root: str, options: InputOptions) -> Listed:
+    """A file found in a folder or glob: an item, or why it is not one."""
+    if os.path.basename(path).startswith("."):
+        return NotEncoded(path, "skipped", "hidden", "hidden file")
+    if os.path.islink(path) and not options.follow_symlinks and not _inside(path, real_root):
+        return NotEncoded(path, "skipped", "symlink_outside_root",
+                          "a link to a file outside the input root (take it with --follow-symlinks)")
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return NotEncoded(path, "skipped", "not_an_image", "not a regular file")
+        fmt = sniff_format(path)
+    except OSError as exc:
+        return NotEncoded(path, "failed", "unreadable", _os_reason(exc))
+    if fmt is None and Path(path).suffix.lower() not in IMAGE_SUFFIXES:
+        return NotEncoded(path, "skipped", "not_an_image", "content is not DICOM, PNG, JPEG or TIFF")
+    return _file_item(path, _posix_id(path, root))
+
+
+def _walk(top: str, root: str, real_root: str, options: InputOptions, entered: set[str]) -> Iterator[Listed]:
+    """Every file below `top` (ids relative to `root`); unreadable folders are reported, not dropped."""
+    unreadable: list[OSError] = []
+    for folder, dirs, files in os.walk(top, onerror=unreadable.append):
+        kept = []
+        for name in sorted(dirs):
+            path = os.path.join(folder, name)
+            if name.startswith("."):
+                yield NotEncoded(path, "skipped", "hidden", "hidden folder (not entered)")
+            elif not os.path.islink(path):
+                kept.append(name)
+            elif _inside(path, real_root):
+                yield NotEncoded(path, "skipped", "symlink_inside_root",
+                                 "a link to a folder inside the input root (its files are found there)")
+            elif options.follow_symlinks and os.path.realpath(path) not in entered:
+                entered.add(os.path.realpath(path))
+                yield from _walk(path, root, real_root, options, entered)
+            else:
+                yield NotEncoded(path, "skipped", "symlink_outside_root",
+                                 "a link to a folder outside the input root (take it with --follow-symlinks)")
+        dirs[:] = kept
         for name in files:
-            path = Path(root) / name
-            if not name.startswith(".") and _is_image_file(path) and path.is_file():
-                yield _file_item(path)
+            yield _classify_file(os.path.join(folder, name), root, real_root, options)
+    for exc in unreadable:
+        yield NotEncoded(os.path.abspath(exc.filename or top), "failed", "unreadable_folder", _os_reason(exc))
 
 
-def _list_glob(text: str, options: "InputOptions") -> Iterator[InputItem]:
-    matches = [Path(p) for p in glob.glob(text, recursive=True)]
-    files = [p for p in matches if p.is_file()]
-    if not files:
+def _list_folder(text: str, options: InputOptions) -> Iterator[Listed]:
+    root = os.path.abspath(text)
+    real_root = os.path.realpath(root)
+    yield from _walk(root, root, real_root, options, {real_root})
+
+
+def _glob_root(pattern: str) -> str:
+    """The leading part of a pattern without wildcards: what the ids of its matches are relative to."""
+    parts = PurePath(pattern).parts
+    fixed = parts[: next((i for i, p in enumerate(parts) if any(ch in p for ch in "*?[")), len(parts))]
+    return os.path.abspath(os.path.join(*fixed)) if fixed else os.path.abspath(".")
+
+
+def _list_glob(text: str, options: InputOptions) -> Iterator[Listed]:
+    matches = [p for p in glob.glob(text, recursive=True) if os.path.isfile(p) or os.path.islink(p)]
+    if not matches:
         raise PipelineError(f"{text}: the pattern matches no files")
-    return (_file_item(p) for p in files)
+    root = _glob_root(text)
+    real_root = os.path.realpath(root)
+    return (_classify_file(os.path.abspath(p), root, real_root, options) for p in matches)
 
 
-def _list_text(text: str, options: "InputOptions") -> Iterator[InputItem]:
+def _list_text(text: str, options: InputOptions) -> Iterator[Listed]:
     listing = Path(text)
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
@@ -109,11 +227,11 @@ def _list_text(text: str, options: "InputOptions") -> Iterator[InputItem]:
         entry = line.strip()
         if entry and not entry.startswith("#"):
             path = Path(entry) if Path(entry).is_absolute() else listing.parent / entry
-            yield _file_item(path)  # a missing file is kept: it fails at decode and is reported
+            yield _file_item(str(path), PurePath(entry).as_posix())  # a missing file fails at decode and is reported
 
 
-def _list_single(text: str, options: "InputOptions") -> Iterator[InputItem]:
-    yield _file_item(Path(text))
+def _list_single(text: str, options: InputOptions) -> Iterator[Listed]:
+    yield _file_item(text, Path(text).name)
 
 
 def _list_tar(text: str, options: "InputOptions") -> Iterator[InputItem]:
@@ -129,7 +247,7 @@ def _list_tar(text: str, options: "InputOptions") -> Iterator[InputItem]:
     for member in members:
         name = PurePosixPath(member.name)
         if member.isfile() and name.suffix.lower() in IMAGE_SUFFIXES:
-            yield InputItem(f"{archive}::{member.name}", name.stem, "tar", archive,
+            yield InputItem(f"{archive}::{member.name}", name.as_posix(), "tar", archive,
                             (member.offset_data, member.size), (member.name,))
 
 
@@ -185,18 +303,12 @@ def _list_parquet(text: str, options: "InputOptions") -> Iterator[InputItem]:
             row += 1
 
 
-@dataclass(frozen=True)
-class InputOptions:
-    bytes_column: str | None = None
-    id_column: str | None = None
-
-
 def _suffix_in(suffixes: frozenset[str]) -> Callable[[str], bool]:
     return lambda text: Path(text).is_file() and Path(text).suffix.lower() in suffixes
 
 
 # kind -> (does this INPUT look like it, list its items). Order matters: first match wins.
-INPUT_KINDS: dict[str, tuple[Callable[[str], bool], Callable[[str, InputOptions], Iterable[InputItem]]]] = {
+INPUT_KINDS: dict[str, tuple[Callable[[str], bool], Callable[[str, InputOptions], Iterable[Listed]]]] = {
     "glob": (_is_glob, _list_glob),
     "folder": (lambda text: Path(text).is_dir(), _list_folder),
     "tar": (_suffix_in(frozenset({".tar"})), _list_tar),
@@ -213,30 +325,87 @@ def input_kind(text: str) -> str:
     raise PipelineError(f"{text}: no such file or folder (and not a glob pattern)")
 
 
-# ------------------------------------------------------------------------------------------ labels
+# ------------------------------------------------------------------------------------------ ids and labels
 
 
-def _attach_labels(items: list[InputItem], label_table) -> list[InputItem]:
-    """image_id and labels from the table: matched by path first, then by id (file/member stem, id column)."""
+def _attach_table(items: list[InputItem], label_table, columns: TableColumns) -> list[InputItem]:
+    """image_id, labels and asked-for columns from the table: rows matched by path, then id, then the id's stem."""
     by_path = {os.path.abspath(r.path): r for r in label_table.records if r.path is not None}
     by_id = label_table.by_id()
     out = []
     for item in items:
         record = by_path.get(item.path) if item.reader == "file" else None
-        record = record or by_id.get(item.image_id)
-        out.append(replace(item, image_id=record.image_id, labels=tuple(record.labels)) if record else item)
+        record = record or by_id.get(item.image_id) or by_id.get(PurePosixPath(item.image_id).stem)
+        if record is None:
+            out.append(item)
+            continue
+        key = keyed_hash(record.patient_id, columns.patient_secret) if columns.patient_secret else None
+        out.append(replace(item, image_id=record.image_id, labels=tuple(record.labels),
+                           values=tuple(record.value(name) for name in columns.names), patient_key=key))
     return out
 
 
-def collect_items(inputs: Sequence[str | Path], label_table=None, options: InputOptions = InputOptions()) -> list[InputItem]:
-    """Every item of every INPUT, sorted by (source, position), each path once; labels attached."""
+def _sop_instance_ids(items: list[InputItem]) -> list[InputItem]:
+    """DICOM files get their SOPInstanceUID as id; other items (and DICOMs without one) keep theirs."""
+    out = []
+    for item in items:
+        uid = ""
+        if item.reader == "file":
+            try:
+                uid = read_dicom_identifiers(item.source, name=item.path).sop_instance_uid
+            except ImageDecodeError:
+                pass  # not a DICOM, or unreadable: it keeps its path id (and fails at decode if it must)
+        out.append(replace(item, image_id=uid) if uid else item)
+    return out
+
+
+def _refuse_shared_ids(items: list[InputItem], options: InputOptions) -> None:
+    first: dict[str, str] = {}
+    clashes: list[tuple[str, str, str]] = []
+    for item in items:
+        other = first.setdefault(item.image_id, item.path)
+        if other != item.path:
+            clashes.append((item.image_id, other, item.path))
+    if clashes:
+        image_id, a, b = clashes[0]
+        more = f" ({len(clashes) - 1} more input(s) share an id)" if len(clashes) > 1 else ""
+        hint = ("copies of one DICOM instance? use the default ids (paths)" if options.id_from == "sop-uid"
+                else "give each a distinct id (label table, --id-column)")
+        raise PipelineError(f"two inputs have the image id {image_id!r}: {a} and {b}{more}; {hint}")
+
+
+_ID_PRECEDENCE = ("folder", "glob", "tar", "parquet", "list", "file")
+
+
+def _preference(kind: str, item: InputItem) -> tuple:
+    """One file reached through two INPUTs keeps one id whatever the order of the INPUTs: a folder's
+    before a glob's before one named explicitly; then the id of the outermost root (the longest)."""
+    return (_ID_PRECEDENCE.index(kind), -len(item.image_id), item.image_id)
+
+
+def collect_items(inputs: Sequence[str | Path], label_table=None, options: InputOptions = InputOptions(),
+                  columns: TableColumns = TableColumns()) -> FoundInputs:
+    """Every item of every INPUT (sorted by source and position, each path once, ids unique and stable),
+    and every file found that is not an item."""
     if not inputs:
         raise PipelineError("no inputs given")
-    found: dict[str, InputItem] = {}
+    if options.id_from not in ID_SOURCES:
+        raise PipelineError(f"unknown id source {options.id_from!r}; choose one of {ID_SOURCES}")
+    found: dict[str, tuple[tuple, InputItem]] = {}
+    not_encoded: dict[str, NotEncoded] = {}
     for entry in inputs:
         text = str(entry)
-        _, lister = INPUT_KINDS[input_kind(text)]
-        for item in lister(text, options):
-            found.setdefault(item.path, item)
-    items = sorted(found.values(), key=InputItem.sort_key)
-    return _attach_labels(items, label_table) if label_table is not None else items
+        kind = input_kind(text)
+        for listed in INPUT_KINDS[kind][1](text, options):
+            if isinstance(listed, NotEncoded):
+                not_encoded.setdefault(listed.path, listed)
+            else:
+                found[listed.path] = min(found.get(listed.path, (_preference(kind, listed), listed)),
+                                         (_preference(kind, listed), listed), key=lambda pair: pair[0])
+    items = sorted((item for _, item in found.values()), key=InputItem.sort_key)
+    if label_table is not None:
+        items = _attach_table(items, label_table, columns)
+    if options.id_from == "sop-uid":
+        items = _sop_instance_ids(items)
+    _refuse_shared_ids(items, options)
+    return FoundInputs(items, sorted((n for p, n in not_encoded.items() if p not in found), key=lambda n: n.path))

@@ -1,11 +1,13 @@
-"""A shard's three output files and how to tell that a shard is complete.
+"""A shard's three output files (medhash.codes_format.ShardPaths) and how to tell that a shard is complete.
 
-- `part-NNNNN.parquet`: the code shard, one row per encoded image; and `part-NNNNN.errors.parquet`:
+- `part-NNNNN.parquet`: the code shard, one row per encoded image; and `_errors/part-NNNNN.parquet`:
   every item that failed. Their columns and metadata are the codes format (medhash.codes_format).
-- `part-NNNNN.stats.json`: counts and timings; written last, so it marks the shard as complete.
+- `_stats/part-NNNNN.json`: counts, timings, and the sha256 of the two Parquet files; written last,
+  so it marks the shard as complete.
 
 Each file is written to a temp name and renamed (medhash.atomic). A shard counts as done only when
-all three exist, agree with each other and with the plan, and carry the folder's model_id.
+all three exist, agree with each other, with the plan and with their recorded sha256, and carry the
+folder's model_id: a shard damaged after it was written (one flipped bit) is encoded again.
 """
 
 from __future__ import annotations
@@ -17,23 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from medhash.atomic import write_text_atomic
-from medhash.codes_format import ERRORS_SUFFIX, shard_metadata, write_code_shard, write_errors_shard
+from medhash.atomic import sha256_file, write_text_atomic
+from medhash.codes_format import ShardPaths, shard_metadata, write_code_shard, write_errors_shard
 from medhash.pipeline.plan import OutputSpec, ShardPlan
-
-
-@dataclass(frozen=True)
-class ShardFiles:
-    codes: Path
-    errors: Path
-    stats: Path
-
-    @classmethod
-    def of(cls, out_dir: Path, name: str) -> "ShardFiles":
-        return cls(out_dir / f"{name}.parquet", out_dir / f"{name}{ERRORS_SUFFIX}", out_dir / f"{name}.stats.json")
-
-    def existing(self) -> list[Path]:
-        return [p for p in (self.codes, self.errors, self.stats) if p.exists()]
 
 
 @dataclass
@@ -51,6 +39,8 @@ class ShardStats:
     torch_threads: int = 0
     peak_rss_mb: float = 0.0  # the worker process's peak so far
     rss_mb: float = 0.0  # the worker process's resident memory when the shard was done
+    sha256: str = ""  # of part-NNNNN.parquet, as written
+    errors_sha256: str = ""  # of _errors/part-NNNNN.parquet, as written
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,15 +56,16 @@ class ShardRows:
     boxes: list[np.ndarray] = field(default_factory=list)  # int32 [b, 4] per batch
     labels: list[tuple[str, ...] | None] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)  # float32 [b, D] per batch
-    errors: list[tuple[str, str, str, str]] = field(default_factory=list)  # path, image_id, kind, message
+    values: list[dict] = field(default_factory=list)  # metadata column -> value, per encoded image
+    errors: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # path, image_id, status, kind, message
 
 
 def _stack(parts: list[np.ndarray], width: int, dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros((0, width), dtype)
 
 
-def write_shard(files: ShardFiles, rows: ShardRows, spec: OutputSpec, stats: ShardStats) -> None:
-    """Errors, then codes, then the stats file that marks the shard complete; each atomically."""
+def write_shard(files: ShardPaths, rows: ShardRows, spec: OutputSpec, stats: ShardStats) -> None:
+    """Errors, then codes, then the stats file (with both files' sha256) that marks the shard complete."""
     write_errors_shard(files.errors, rows.errors, model_id=spec.model_id, bits=spec.bits, engine=spec.engine)
     features = None
     if spec.store_features:
@@ -82,7 +73,8 @@ def write_shard(files: ShardFiles, rows: ShardRows, spec: OutputSpec, stats: Sha
     write_code_shard(files.codes, model_id=spec.model_id, bits=spec.bits, engine=spec.engine,
                      image_ids=rows.image_ids, paths=rows.paths, codes=_stack(rows.codes, spec.bits // 8, np.uint8),
                      boxes=_stack(rows.boxes, 4, np.int32), labels=rows.labels if spec.with_labels else None,
-                     features=features)
+                     features=features, columns=spec.metadata_columns, values=rows.values)
+    stats.sha256, stats.errors_sha256 = sha256_file(files.codes), sha256_file(files.errors)
     write_text_atomic(files.stats, json.dumps(stats.to_json(), indent=1, sort_keys=True))
 
 
@@ -97,7 +89,7 @@ def complete_shard_stats(out_dir: Path, shard: ShardPlan, spec: OutputSpec) -> S
     """The shard's stats when its outputs are complete and valid for `spec`; None when it must be (re)done."""
     import pyarrow.parquet as pq
 
-    files = ShardFiles.of(out_dir, shard.name)
+    files = ShardPaths.of(out_dir, shard.name)
     stats = read_stats(files.stats)
     if stats is None or stats.model_id != spec.model_id or stats.items != len(shard):
         return None
@@ -112,4 +104,6 @@ def complete_shard_stats(out_dir: Path, shard: ShardPlan, spec: OutputSpec) -> S
         stored = meta.metadata or {}
         if meta.num_rows != rows or any(stored.get(k) != v for k, v in expected.items()):
             return None
+    if sha256_file(files.codes) != stats.sha256 or sha256_file(files.errors) != stats.errors_sha256:
+        return None  # changed after it was written
     return stats

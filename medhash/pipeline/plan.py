@@ -15,12 +15,12 @@ from typing import Any
 
 from medhash import __version__
 from medhash.atomic import write_text_atomic
+from medhash.codes_format import PLAN_FILE, MetadataColumns
 from medhash.errors import PipelineError
-from medhash.pipeline.inputs import InputItem
+from medhash.pipeline.inputs import InputItem, NotEncoded
 
-PLAN_FILE = "_plan.json"
 PLAN_FORMAT = "medhash.encode-plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: ids by path, metadata columns, the files found but not planned
 
 
 def shard_name(index: int) -> str:
@@ -49,9 +49,20 @@ class OutputSpec:
     engine: str
     with_labels: bool
     store_features: bool
+    table_columns: tuple[str, ...] = ()  # label-table columns carried (medhash.codes_format.MetadataColumns)
+    dicom_meta: bool = True  # the non-identifying DICOM attributes
+    patient_key: bool = False  # a keyed hash of the patient id
+
+    @property
+    def metadata_columns(self) -> MetadataColumns:
+        return MetadataColumns(self.table_columns, self.dicom_meta, self.patient_key)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "table_columns": list(self.table_columns)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "OutputSpec":
+        return cls(**{**data, "table_columns": tuple(data.get("table_columns", ()))})
 
 
 @dataclass
@@ -59,6 +70,7 @@ class JobPlan:
     output: OutputSpec
     request: dict[str, Any]  # the inputs and options that produced the item list
     shards: list[ShardPlan] = field(default_factory=list)
+    not_encoded: list[NotEncoded] = field(default_factory=list)  # files found but not planned
 
     @property
     def n_items(self) -> int:
@@ -73,13 +85,15 @@ class JobPlan:
             "request": self.request,
             "n_items": self.n_items,
             "shards": [{"name": s.name, "items": [i.to_json() for i in s.items]} for s in self.shards],
+            "not_encoded": [[n.path, n.status, n.kind, n.message] for n in self.not_encoded],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JobPlan":
         shards = [ShardPlan(index, tuple(InputItem.from_json(row) for row in entry["items"]))
                   for index, entry in enumerate(data["shards"])]
-        return cls(OutputSpec(**data["output"]), data["request"], shards)
+        return cls(OutputSpec.from_json(data["output"]), data["request"], shards,
+                   [NotEncoded(*row) for row in data["not_encoded"]])
 
 
 def cut_into_shards(items: list[InputItem], shard_size: int) -> list[ShardPlan]:
@@ -113,8 +127,9 @@ def check_same_job(stored: JobPlan, output: OutputSpec, request: dict[str, Any],
         raise PipelineError(
             f"{out_dir} belongs to model {stored.output.model_id} (its plan and codes); this checkpoint is model {output.model_id}. "
             "Codes of two models cannot share a folder: use another --out, or --overwrite to replace them")
-    differences = [f"{key}: folder has {value!r}, asked {getattr(output, key)!r}"
-                   for key, value in stored.output.to_json().items() if getattr(output, key) != value]
+    asked = output.to_json()
+    differences = [f"{key}: folder has {value!r}, asked {asked.get(key)!r}"
+                   for key, value in stored.output.to_json().items() if asked.get(key) != value]
     differences += [f"{key}: folder has {stored.request.get(key)!r}, asked {value!r}"
                     for key, value in request.items() if stored.request.get(key) != value]
     if differences:

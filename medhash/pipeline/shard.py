@@ -32,7 +32,9 @@ from medhash.errors import ImageDecodeError, PipelineError
 from medhash.pipeline.cluster import worker_host
 from medhash.pipeline.inputs import InputItem
 from medhash.pipeline.malloc import tune_malloc_for_inference
-from medhash.pipeline.output import ShardFiles, ShardRows, ShardStats, write_shard
+from medhash.codes_format import ShardPaths
+from medhash.pipeline.metadata import RowValues
+from medhash.pipeline.output import ShardRows, ShardStats, write_shard
 from medhash.pipeline.plan import OutputSpec, ShardPlan
 from medhash.pipeline.readers import ShardReader
 from medhash.timing import Timings
@@ -81,6 +83,7 @@ class ShardJob:
     torch_threads_by_host: tuple[tuple[str, int], ...] = ()  # host -> torch threads per task
     torch_threads: int | None = None  # overrides the per-host figure
     tune_malloc: bool = True  # medhash.pipeline.malloc: reuse freed activation memory
+    patient_secret: bytes | None = None  # keys patient_key (in memory only: never written anywhere)
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -107,19 +110,22 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------------------------------ decoding
 
 
-def _decode(item: InputItem, source: Path | bytes) -> np.ndarray:
-    return read_image(source, name=item.path)
+Decoded = tuple[np.ndarray, dict]  # the image and its metadata column values
 
 
-def _failure(item: InputItem, exc: BaseException) -> tuple[str, str, str, str]:
+def _decode(item: InputItem, source: Path | bytes, row_values: RowValues) -> Decoded:
+    return read_image(source, name=item.path), row_values(item, source)
+
+
+def _failure(item: InputItem, exc: BaseException) -> tuple[str, str, str, str, str]:
     if isinstance(exc, ImageDecodeError):
-        return (item.path, item.image_id, exc.kind, exc.reason)
-    return (item.path, item.image_id, "internal", f"{type(exc).__name__}: {exc}")
+        return (item.path, item.image_id, "failed", exc.kind, exc.reason)
+    return (item.path, item.image_id, "failed", "internal", f"{type(exc).__name__}: {exc}")
 
 
-def _decoded_in_order(items: tuple[InputItem, ...], pool: ThreadPoolExecutor, window: int,
-                      timings: Timings) -> Iterator[tuple[InputItem, np.ndarray | None, BaseException | None]]:
-    """(item, image, None) or (item, None, error) in plan order, decoding up to `window` items ahead."""
+def _decoded_in_order(items: tuple[InputItem, ...], pool: ThreadPoolExecutor, window: int, timings: Timings,
+                      row_values: RowValues) -> Iterator[tuple[InputItem, Decoded | None, BaseException | None]]:
+    """(item, decoded, None) or (item, None, error) in plan order, decoding up to `window` items ahead."""
     pending: deque[tuple[InputItem, Future | BaseException]] = deque()
     upcoming = iter(items)
     with ShardReader() as reader:
@@ -131,7 +137,7 @@ def _decoded_in_order(items: tuple[InputItem, ...], pool: ThreadPoolExecutor, wi
             try:
                 with timings("read"):
                     source = reader.load(item)
-                pending.append((item, pool.submit(_decode, item, source)))
+                pending.append((item, pool.submit(_decode, item, source, row_values)))
             except Exception as exc:  # noqa: BLE001 - one unreadable item never fails the shard
                 pending.append((item, exc))
 
@@ -154,21 +160,22 @@ def _decoded_in_order(items: tuple[InputItem, ...], pool: ThreadPoolExecutor, wi
 # ------------------------------------------------------------------------------------------ encoding
 
 
-def _encode_batch(encoder, batch: list[tuple[InputItem, np.ndarray]], rows: ShardRows, with_features: bool) -> None:
+def _encode_batch(encoder, batch: list[tuple[InputItem, Decoded]], rows: ShardRows, with_features: bool) -> None:
     """Encode a batch; if the batch fails, encode its items one by one so one bad image fails alone."""
     try:
-        result = encoder.encode_images([image for _, image in batch], with_features=with_features)
+        result = encoder.encode_images([image for _, (image, _) in batch], with_features=with_features)
     except Exception as exc:  # noqa: BLE001
         if len(batch) > 1:
             for one in batch:
                 _encode_batch(encoder, [one], rows, with_features)
             return
         item = batch[0][0]
-        rows.errors.append((item.path, item.image_id, "encode_failed", f"{type(exc).__name__}: {exc}"))
+        rows.errors.append((item.path, item.image_id, "failed", "encode_failed", f"{type(exc).__name__}: {exc}"))
         return
     rows.image_ids.extend(item.image_id for item, _ in batch)
     rows.paths.extend(item.path for item, _ in batch)
     rows.labels.extend(item.labels for item, _ in batch)
+    rows.values.extend(values for _, (_, values) in batch)
     rows.codes.append(result.codes)
     rows.boxes.append(result.boxes)
     if with_features:
@@ -176,7 +183,7 @@ def _encode_batch(encoder, batch: list[tuple[InputItem, np.ndarray]], rows: Shar
 
 
 def _encode_in_batches(encoder, decoded, rows: ShardRows, with_features: bool, timings: Timings) -> None:
-    batch: list[tuple[InputItem, np.ndarray]] = []
+    batch: list[tuple[InputItem, Decoded]] = []
     for item, image, error in decoded:
         if error is not None:
             rows.errors.append(_failure(item, error))
@@ -199,8 +206,8 @@ def _ordered(rows: ShardRows, shard: ShardPlan) -> ShardRows:
 
 
 def encode_shard(shard: ShardPlan, builder: Callable[[], object], out_dir: str | Path, output: OutputSpec,
-                 decode_threads: int = 2) -> ShardStats:
-    """Decode, encode and write one shard; returns its stats (also written as part-NNNNN.stats.json)."""
+                 decode_threads: int = 2, patient_secret: bytes | None = None) -> ShardStats:
+    """Decode, encode and write one shard; returns its stats (also written as _stats/part-NNNNN.json)."""
     timings = Timings()
     start = time.perf_counter()
     usage_start = resource.getrusage(resource.RUSAGE_SELF)
@@ -212,14 +219,14 @@ def encode_shard(shard: ShardPlan, builder: Callable[[], object], out_dir: str |
     rows = ShardRows()
     window = encoder.batch_size + 2 * max(1, decode_threads)
     with ThreadPoolExecutor(max_workers=max(1, decode_threads), thread_name_prefix="medhash-decode") as pool:
-        decoded = _decoded_in_order(shard.items, pool, window, timings)
+        decoded = _decoded_in_order(shard.items, pool, window, timings, RowValues(output, patient_secret))
         _encode_in_batches(encoder, decoded, rows, output.store_features, timings)
     _ordered(rows, shard)
     import torch
 
     stats = ShardStats(
         shard=shard.name, model_id=output.model_id, items=len(shard), encoded=len(rows.image_ids),
-        failed=len(rows.errors), failed_by_kind=dict(sorted(Counter(e[2] for e in rows.errors).items())),
+        failed=len(rows.errors), failed_by_kind=dict(sorted(Counter(e[3] for e in rows.errors).items())),
         worker=socket.gethostname(), pid=os.getpid(), torch_threads=torch.get_num_threads(),
     )
     with timings("write"):
@@ -230,7 +237,7 @@ def encode_shard(shard: ShardPlan, builder: Callable[[], object], out_dir: str |
         stats.seconds = {**timings.as_dict(), "total": round(time.perf_counter() - start, 4)}
         stats.peak_rss_mb = round(peak_rss_mb(), 1)
         stats.rss_mb = round(_proc_status_mb("VmRSS:") or 0.0, 1)
-        write_shard(ShardFiles.of(Path(out_dir), shard.name), rows, output, stats)
+        write_shard(ShardPaths.of(out_dir, shard.name), rows, output, stats)
     return stats
 
 
@@ -279,5 +286,5 @@ def run_shard_task(shard: ShardPlan, job: ShardJob) -> dict:
     if spec.device.startswith("cuda") and ":" not in spec.device:
         # One worker per GPU: LocalCluster names workers 0..n-1 (dask-cuda already narrows each to one device).
         spec = EncoderSpec(spec.checkpoint, spec.engine, f"cuda:{index % max(1, torch.cuda.device_count())}", spec.batch_size)
-    stats = encode_shard(shard, spec, job.out_dir, job.output, job.decode_threads)
+    stats = encode_shard(shard, spec, job.out_dir, job.output, job.decode_threads, job.patient_secret)
     return stats.to_json()

@@ -20,10 +20,12 @@ changing anything else in the picture:
 
 Modules, bottom to top: `_scene` (anatomy, exposure, the rendered scene),
 `_findings` (the six finding types), `_config` (`PhantomConfig`), `_phantom`
-(spec sampling and rendering), `_dataset` (PNG + CSV datasets on disk).
+(spec sampling and rendering), `_dataset` (PNG + CSV datasets on disk), `_dicom` (an image as a
+DICOM file, for archive-like test trees).
 """
 
 from medhash.data.phantoms._config import DEFAULT_FINDING_PROBS, PhantomConfig
+from medhash.data.phantoms._dicom import write_phantom_dicom
 from medhash.data.phantoms._dataset import BOX_COLUMNS, LABEL_COLUMNS, phantom_label_counts, write_phantom_dataset
 from medhash.data.phantoms._findings import PHANTOM_FINDINGS
 from medhash.data.phantoms._phantom import generate_phantom, render_phantom, sample_phantom_spec
@@ -38,5 +40,6 @@ __all__ = [
     "phantom_label_counts",
     "render_phantom",
     "sample_phantom_spec",
+    "write_phantom_dicom",
     "write_phantom_dataset",
 ]

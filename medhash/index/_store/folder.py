@@ -12,13 +12,12 @@ carries their checksums: a crash between writes leaves a folder whose checksums 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medhash import __version__ as MEDHASH_VERSION
-from medhash.atomic import atomic_path, write_text_atomic
+from medhash.atomic import atomic_path, sha256_file, write_text_atomic
 from medhash.errors import IndexManifestError
 
 __all__ = ["DATA_FILES", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE", "IndexManifest", "check_compatible",
@@ -54,14 +53,6 @@ class IndexManifest:
 
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(index_dir: Path, manifest: IndexManifest) -> IndexManifest:
