@@ -30,7 +30,7 @@ from medhash import __version__
 from medhash.atomic import atomic_path
 from medhash.data.decode import read_image
 from medhash.data.labels import read_label_table
-from medhash.errors import CheckpointError, ImageDecodeError
+from medhash.errors import CheckpointError, ImageDecodeError, InvalidParameterError
 from medhash.model.backbone import build_backbone
 from medhash.model.c2l import C2L, C2LConfig, mix, mixup_lambda
 from medhash.model.checkpoint import read_payload, weights_id
@@ -115,7 +115,7 @@ def list_images(source: str | Path) -> list[Path]:
     if source.is_file() and source.name.lower().endswith(TABLE_SUFFIXES):
         table = read_label_table(source, check_files=False)
         return [r.path for r in table.records if r.path is not None]
-    raise ValueError(f"{source}: expected a folder of images or a label table (.csv)")
+    raise InvalidParameterError(f"{source}: expected a folder of images or a label table (.csv)")
 
 
 def load_pixels(paths: list[Path], size: int, workers: int = 0) -> tuple[torch.Tensor, list[Path], list[tuple[str, str]]]:
@@ -276,7 +276,7 @@ class Pretrainer:
         per_rank = n // self.ctx.world_size
         batch = min(cfg.batch_size, per_rank) // splits * splits
         if batch < max(2, splits):
-            raise ValueError(f"{cfg.images}: {n} readable images are too few for batches of >= {max(2, splits)} "
+            raise InvalidParameterError(f"{cfg.images}: {n} readable images are too few for batches of >= {max(2, splits)} "
                              f"per process (bn_splits {splits}, {self.ctx.world_size} processes)")
         if batch != cfg.batch_size:
             log.warning("batch size %d -> %d (data size / BN sub-batches)", cfg.batch_size, batch)
@@ -314,7 +314,7 @@ class Pretrainer:
             return None
         state = torch.load(self.state_path, map_location="cpu", weights_only=False)
         if state.get("digest") != digest:
-            raise ValueError(f"{self.state_path}: saved pretraining state was made with a different recipe or image "
+            raise InvalidParameterError(f"{self.state_path}: saved pretraining state was made with a different recipe or image "
                              f"list; delete it (or pass another --state) to start over")
         return state
 
