@@ -1,8 +1,19 @@
-"""The typed errors of medhash: each names the file (or object) and the reason."""
+"""The typed errors of medhash: each names the file (or object) and the reason.
+
+Messages quote user input through `shorten`, so a 100 KB value never comes back in full.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+ECHO_CHARS = 80  # the most characters of a user-given value an error message quotes
+
+
+def shorten(text: object, limit: int = ECHO_CHARS) -> str:
+    """`text` as a string of at most `limit` characters (an ellipsis and the full length mark a cut)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class MedhashError(Exception):
@@ -17,6 +28,13 @@ class ImageDecodeError(MedhashError):
         self.kind = kind
         self.reason = reason
         super().__init__(f"{self.source}: {kind}: {reason}")
+
+
+class InvalidParameterError(MedhashError, ValueError):
+    """A parameter or option value is outside what is allowed; the message names the value and what is allowed.
+
+    Also a ValueError, so callers that validated with ValueError before keep working.
+    """
 
 
 class LabelTableError(MedhashError):

@@ -105,10 +105,12 @@ def test_bench_writes_json_plots_and_latency_levels(in_process_report, tmp_path_
 
 
 def test_truncated_ranking_reports_map_at_k(spread, tmp_path):
-    """count > max_k: whole-ranking mAP is null and mAP@k_eval is exact (ties included in the prefix)."""
-    report = run_bench(in_process(spread, tmp_path, max_k=21, requests=0, plots=False))
+    """count > max_k: whole-ranking mAP is null and mAP@k_eval is exact (ties included in the prefix: half of max_k
+    is asked, the other half holds the ties)."""
+    report = run_bench(in_process(spread, tmp_path, max_k=42, requests=0, plots=False))
     quality = report["quality"]
     assert quality["ranking"] == "truncated" and quality["k_eval"] == 20 and "note" in quality
+    assert quality["ties_cut"] == 0
     assert quality["map_tie_aware"] is None and quality["r_at_k"] is None
     expected = reference(spread, ks=(5, 20))
     assert quality["map_at_k"]["20"] == pytest.approx(expected.map_at_k[20], abs=1e-9)
@@ -117,14 +119,14 @@ def test_truncated_ranking_reports_map_at_k(spread, tmp_path):
 
 
 def test_http_bench_matches_in_process(spread, in_process_report, tmp_path):
-    with live_server(spread["archive"], index=str(spread["index"]), token="s3cret") as url:
+    with live_server(spread["archive"], index=str(spread["index"]), token="s3cret-0123456789abcdef") as url:
         report = run_bench(BenchConfig(queries=str(spread["archive"].labels_csv), out=str(tmp_path), url=url,
-                                       token="s3cret", concurrency=(2,), requests=10, ks=KS))
+                                       token="s3cret-0123456789abcdef", concurrency=(2,), requests=10, ks=KS))
         with pytest.raises(SearchRequestError, match="401"):
             run_bench(BenchConfig(queries=str(spread["archive"].labels_csv), out=str(tmp_path / "x"), url=url,
                                   token="wrong", requests=1))
     assert report["mode"] == "http" and report["config"]["token"] == "***"
-    assert "s3cret" not in (tmp_path / "bench.json").read_text()
+    assert "s3cret-0123456789abcdef" not in (tmp_path / "bench.json").read_text()
     for key in ("map_tie_aware", "map_at_k", "p_at_k", "n_queries"):
         assert report["quality"][key] == in_process_report["quality"][key]
     assert [level["failed"] for kind in report["latency"].values() for level in kind] == [0, 0]

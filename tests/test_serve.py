@@ -139,14 +139,14 @@ def test_upload_over_the_limit_is_413(server):
 
 # -- auth ----------------------------------------------------------------------------------------------
 def test_token_is_required_when_configured(served_archive):
-    with live_server(served_archive, token="s3cret") as url:
+    with live_server(served_archive, token="s3cret-0123456789abcdef") as url:
         assert httpx.get(f"{url}/healthz").status_code == 200  # liveness stays open
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
             r = httpx.get(f"{url}/v1/info", headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
             assert httpx.get(f"{url}/metrics", headers=headers).status_code == 401
             assert httpx.post(f"{url}/v1/search", data={"code": "00" * 4}, headers=headers).status_code == 401
-        good = {"Authorization": "Bearer s3cret"}
+        good = {"Authorization": "Bearer s3cret-0123456789abcdef"}
         assert httpx.get(f"{url}/v1/info", headers=good).status_code == 200
         assert httpx.post(f"{url}/v1/search", data={"code": "00" * 4}, headers=good).status_code == 200
 

@@ -161,7 +161,7 @@ def test_undecodable_upload_shows_the_servers_reason(browser, open_server, tmp_p
 def test_token_prompt_after_401_then_search_works(browser, served_archive):
     from selenium.webdriver.common.by import By
 
-    with live_server(served_archive, token="s3cret-token") as url:
+    with live_server(served_archive, token="s3cret-token-0123456789") as url:
         browser.get(url + "/")
         auth = browser.find_element(By.ID, "auth")
         _wait(browser, lambda d: auth.is_displayed(), "the token prompt after /v1/info answered 401")
@@ -173,11 +173,11 @@ def test_token_prompt_after_401_then_search_works(browser, served_archive):
         _wait(browser, lambda d: auth.is_displayed() and "rejected" in d.find_element(By.ID, "message").text,
               "the prompt again after a wrong token")
 
-        browser.find_element(By.ID, "token").send_keys("s3cret-token")
+        browser.find_element(By.ID, "token").send_keys("s3cret-token-0123456789")
         browser.find_element(By.ID, "token-use").click()  # retries the interrupted search
         _wait_for_results(browser)
         assert not auth.is_displayed()
-        assert browser.execute_script("return sessionStorage.getItem('medhash.token')") == "s3cret-token"
+        assert browser.execute_script("return sessionStorage.getItem('medhash.token')") == "s3cret-token-0123456789"
         _wait(browser, lambda d: "48 images" in d.find_element(By.ID, "info").text, "the index facts with the token")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from medhash.data.boxes import read_reference_boxes
 from medhash.data.decode import read_image
-from medhash.data.labels import LabelRecord, multi_hot, read_label_table
+from medhash.data.labels import LabelRecord, multi_hot, read_label_table, report_label_problems
 from medhash.data.splits import assign_folds
 from medhash.encoding import EncodeResult, ImageEncoder
 from medhash.errors import ImageDecodeError
@@ -39,6 +39,7 @@ class EvaluateConfig:
     engine: str = "auto"
     batch_size: int = 32
     seed: int = 0
+    strict_labels: bool = False  # label-table problems are fatal, not warnings
 
 
 @dataclass
@@ -100,6 +101,7 @@ def localization_report(encoded: EncodedSet, box_tables: Sequence[str]) -> dict[
 def evaluate_model(config: EvaluateConfig) -> dict[str, Any]:
     encoder = load_encoder(config.model, config.device, config.engine, config.batch_size)
     table = read_label_table(config.labels, config.image_root, encoder.classes)
+    report_label_problems(table, strict=config.strict_labels)
     folds = assign_folds(table.records, seed=config.seed)
     q_mask = np.isin(folds, list(config.query_folds))
     db_mask = np.isin(folds, list(config.db_folds)) if config.db_folds is not None else ~q_mask

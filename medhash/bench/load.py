@@ -15,6 +15,8 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
+from medhash.errors import InvalidParameterError
+
 Call = Callable[[int], Awaitable[dict]]
 
 
@@ -60,7 +62,7 @@ async def run_load(call: Call, n_requests: int, concurrency: int, *, time_limit_
                    keep_errors: int = 5, on_response: Callable[[int, dict], None] | None = None) -> LoadResult:
     """Run call(0) .. call(n_requests - 1), `concurrency` at a time; on_response(i, body) sees each success."""
     if n_requests < 0 or concurrency < 1:
-        raise ValueError(f"need n_requests >= 0 and concurrency >= 1, got {n_requests} and {concurrency}")
+        raise InvalidParameterError(f"need n_requests >= 0 and concurrency >= 1, got {n_requests} and {concurrency}")
     latencies: list[float] = []
     errors: list[str] = []
     server_ms: dict[str, float] = {}

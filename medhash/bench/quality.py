@@ -17,7 +17,10 @@ shares with the query, from the hits' labels.
 Truncated rankings (count > max_k): the full-ranking figures (mAP, R@k, wmap, and nDCG@k, whose
 ideal order is over the whole database) cannot be computed from a prefix and are reported as null;
 mAP@k, P@k and ACG@k are exact for every k up to k_eval (the requested k, less one when
-self-exclusion is on): with ties included, the prefix holds every order of the top k_eval. A labeled query whose prefix holds nothing relevant scores 0 there (it is assumed to
+self-exclusion is on): with ties included, the prefix holds every order of the top k_eval. The
+server cuts every response at max_k hits, ties included, so half of max_k is requested and the
+other half left for ties; a response cut anyway says `truncated`, and the number of such queries
+is reported (`ties_cut`: their figures at k_eval may be off). A labeled query whose prefix holds nothing relevant scores 0 there (it is assumed
 have relevant items further down, which is the case evaluate_codes counts as 0 too).
 """
 
@@ -43,6 +46,7 @@ class Ranking:
     self_excluded: bool
     shared: np.ndarray | None = None  # int64 [n] labels shared with the query (None: graded figures left out)
     jaccard: np.ndarray | None = None  # float64 [n] Jaccard similarity of the label sets
+    ties_cut: bool = False  # the server cut the ties at the last distance (its max_k)
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,9 @@ class QualityPlan:
 
 
 def plan_quality(count: int, max_k: int, exclude_self: bool) -> QualityPlan:
-    k_request = max(1, min(count, max_k))
-    if k_request >= count:
-        return QualityPlan(k_request, True, None)
+    if count <= max_k:
+        return QualityPlan(max(1, count), True, None)
+    k_request = max(1, max_k // 2)  # the other half of max_k holds the ties at the k-th distance
     return QualityPlan(k_request, False, max(1, k_request - (1 if exclude_self else 0)))
 
 
@@ -68,7 +72,8 @@ def ranking_from_response(response: dict, query: LabelRecord, exclude_self: bool
     union = np.array([len(wanted | labels) for labels in hit_labels], dtype=np.float64)
     return Ranking(distances=np.array([h["distance"] for h in kept], dtype=np.int64),
                    relevant=shared > 0, labeled=bool(wanted), self_excluded=len(kept) < len(hits), shared=shared,
-                   jaccard=np.divide(shared, union, out=np.zeros(len(kept)), where=union > 0))
+                   jaccard=np.divide(shared, union, out=np.zeros(len(kept)), where=union > 0),
+                   ties_cut=bool(response.get("truncated", False)))
 
 
 def _zero_unanswered(values: np.ndarray, labeled: np.ndarray) -> np.ndarray:
@@ -162,6 +167,7 @@ async def measure_quality(client, queries: QuerySet, info: dict, *, ks: tuple[in
         "k_eval": plan.k_eval,
         "exclude_self": exclude_self,
         "self_excluded": sum(r.self_excluded for r in ordered),
+        "ties_cut": sum(r.ties_cut for r in ordered),
         "relevance": "shares at least one of the 15 classes",
         "failed": load.failed,
         "errors": load.errors,

@@ -21,7 +21,7 @@ from medhash.bench.clients import HttpClient, InProcessClient, SearchClient
 from medhash.bench.load import Call, LoadResult, run_load
 from medhash.bench.queries import QuerySet, load_query_set
 from medhash.bench.quality import measure_quality
-from medhash.errors import LabelTableError
+from medhash.errors import InvalidParameterError, LabelTableError
 
 BENCH_JSON = "bench.json"
 LATENCY_PNG = "latency_histogram.png"
@@ -56,13 +56,13 @@ class BenchConfig:
     def __post_init__(self):
         in_process = self.index is not None or self.model is not None
         if in_process == (self.url is not None):
-            raise ValueError("bench needs either index and model (in process) or url (a running server), not both")
+            raise InvalidParameterError("bench needs either index and model (in process) or url (a running server), not both")
         if in_process and (self.index is None or self.model is None):
-            raise ValueError("in-process bench needs both index and model")
+            raise InvalidParameterError("in-process bench needs both index and model")
         if not self.concurrency or min(self.concurrency) < 1:
-            raise ValueError(f"concurrency levels must be >= 1, got {self.concurrency}")
+            raise InvalidParameterError(f"concurrency levels must be >= 1, got {self.concurrency}")
         if self.requests < 0 or self.k < 1 or not self.ks or min(self.ks) < 1:
-            raise ValueError(f"need requests >= 0, k >= 1 and ks >= 1, got {self.requests}, {self.k}, {self.ks}")
+            raise InvalidParameterError(f"need requests >= 0, k >= 1 and ks >= 1, got {self.requests}, {self.k}, {self.ks}")
 
     @property
     def mode(self) -> str:

@@ -28,19 +28,31 @@ COMMAND_MODULES = [
 ]
 
 
+VERBOSITY = "medhash.verbose"  # ctx.meta key: how many -v were given
+
+
 class MedhashGroup(click.Group):
-    """Turns medhash's own errors (which name the file and the problem) into one clean line and exit 1;
-    -vv keeps the traceback."""
+    """Turns the errors user input can cause into one clean line and exit 1: medhash's own errors (which
+    name the value or file and what is allowed) and the operating system's (a path that cannot be read or
+    written, a full disk). -vv keeps the traceback. Anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
         from medhash.errors import MedhashError
 
         try:
             return super().invoke(ctx)
-        except MedhashError as exc:
-            if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        except (MedhashError, OSError) as exc:
+            if ctx.meta.get(VERBOSITY, 0) >= 2:
                 raise
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(one_line(exc)) from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as one line: an OSError as "path: reason", anything else as its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @click.group(cls=MedhashGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,6 +60,7 @@ class MedhashGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """medhash: chest X-ray retrieval by interpretable deep hashing."""
+    click.get_current_context().meta[VERBOSITY] = verbose
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 

@@ -7,26 +7,44 @@ from pathlib import Path
 
 import click
 
+from medhash.errors import shorten
+
 # The names of medhash.index.kinds.KINDS, listed here so `--help` does not import pyarrow/faiss
 # (tests/test_index.py checks that the two lists agree).
 KIND_NAMES = ("flat", "multihash", "ivf", "hnsw")
 
 
 def _parse_params(items: tuple[str, ...]) -> dict:
+    """("nlist=64", "budget=0.5") -> {"nlist": 64, "budget": 0.5}; values that are not numbers stay text, for
+    the index kind to refuse by name (medhash.index.params)."""
     params = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--param")
-        try:
-            params[key.strip()] = json.loads(value)
-        except ValueError:
-            params[key.strip()] = value
+            raise click.BadParameter(f"expected KEY=VALUE, got {shorten(item)!r}", param_hint="--param")
+        params[key.strip()] = _number(value.strip())
     return params
 
 
+def _number(text: str) -> int | float | str:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:  # also int() of more than 4300 digits
+            pass
+    return text
+
+
 def _read_id_file(path: Path) -> list[str]:
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    data = path.read_bytes()
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{path} is not a text file of image ids (UTF-8, one per line): "
+                                 f"{exc.reason} at byte {exc.start}", param_hint="--ids") from None
+    lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 

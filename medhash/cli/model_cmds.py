@@ -7,30 +7,35 @@ from pathlib import Path
 
 import click
 
-from medhash.cli.options import int_list
+from medhash.cli.options import BACKBONE_NAMES, ENGINE_NAMES, HashBits, int_list
 
 
 @click.command("train")
 @click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False), help="labels.csv (medhash/dev format) or NIH Data_Entry table.")
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False), help="Folder that relative image paths resolve against (default: the table's folder).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
-@click.option("--bits", default=64, show_default=True, help="Hash length K (multiple of 8, 8-256).")
-@click.option("--backbone", default="densenet121", show_default=True, help="Backbone name (densenet121, tiny).")
-@click.option("--size", "global_size", default=224, show_default=True, help="Global-branch input side in pixels.")
-@click.option("--local-size", default=None, type=int, help="Local-branch crop side (default: --size).")
-@click.option("--load-size", default=256, show_default=True, help="Images are held at this side; crops come from it.")
-@click.option("--tau", default=0.7, show_default=True, help="Saliency threshold for the attention crop.")
-@click.option("--fusion-dim", default=512, show_default=True, help="Width of the fused FC layer before the hash layer.")
+@click.option("--bits", default=64, show_default=True, type=HashBits(), help="Hash length K (multiple of 8, 8-256).")
+@click.option("--backbone", default="densenet121", show_default=True, type=click.Choice(BACKBONE_NAMES))
+@click.option("--size", "global_size", default=224, show_default=True, type=click.IntRange(16, 4096),
+              help="Global-branch input side in pixels.")
+@click.option("--local-size", default=None, type=click.IntRange(16, 4096), help="Local-branch crop side (default: --size).")
+@click.option("--load-size", default=256, show_default=True, type=click.IntRange(16, 4096),
+              help="Images are held at this side; crops come from it.")
+@click.option("--tau", default=0.7, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Saliency threshold for the attention crop.")
+@click.option("--fusion-dim", default=512, show_default=True, type=click.IntRange(1, 65536),
+              help="Width of the fused FC layer before the hash layer.")
 @click.option("--fusion-inputs", default="global,local", show_default=True, help="Branches fused into the hash layer.")
-@click.option("--epochs-global", default=8, show_default=True)
-@click.option("--epochs-local", default=8, show_default=True)
-@click.option("--epochs-hash", default=60, show_default=True)
-@click.option("--epochs-joint", default=0, show_default=True, help="Optional end-to-end fine-tune epochs.")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=3e-4, show_default=True)
+@click.option("--epochs-global", default=8, show_default=True, type=click.IntRange(min=0))
+@click.option("--epochs-local", default=8, show_default=True, type=click.IntRange(min=0))
+@click.option("--epochs-hash", default=60, show_default=True, type=click.IntRange(min=0))
+@click.option("--epochs-joint", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Optional end-to-end fine-tune epochs.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=3e-4, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "sgd"]))
-@click.option("--quantization-weight", default=0.1, show_default=True)
-@click.option("--bit-balance-weight", default=1.0, show_default=True)
+@click.option("--quantization-weight", default=0.1, show_default=True, type=click.FloatRange(min=0))
+@click.option("--bit-balance-weight", default=1.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--val-folds", default="4", show_default=True, help="Comma-separated folds held out for validation.")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
 @click.option("--device", default="auto", show_default=True)
@@ -38,9 +43,11 @@ from medhash.cli.options import int_list
 @click.option("--work-dir", default=None, help="Per-stage resumable state (default: OUT.stages/).")
 @click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Backbone file from `medhash pretrain` (C2L) for both branches.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--strict", is_flag=True, help="Refuse a label table with problems (unknown labels, duplicate ids...).")
 def train_cmd(labels, image_root, out, bits, backbone, global_size, local_size, load_size, tau, fusion_dim, fusion_inputs,
               epochs_global, epochs_local, epochs_hash, epochs_joint, batch_size, lr, optimizer,
-              quantization_weight, bit_balance_weight, val_folds, precision, device, seed, work_dir, init, no_progress):
+              quantization_weight, bit_balance_weight, val_folds, precision, device, seed, work_dir, init, no_progress,
+              strict):
     """Train the hashing model in AG-CNN stages (global, local, hash head, optional joint); resumable; torchrun-ready."""
     from medhash.model.config import ModelConfig
     from medhash.model.losses import LossWeights
@@ -53,7 +60,7 @@ def train_cmd(labels, image_root, out, bits, backbone, global_size, local_size, 
                          epochs_joint=epochs_joint, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          losses=LossWeights(1.0, quantization_weight, bit_balance_weight), val_folds=int_list(val_folds),
                          precision=precision, device=device, seed=seed, work_dir=work_dir, init=init,
-                         progress=not no_progress)
+                         progress=not no_progress, strict_labels=strict)
     result = train(config)
     if result.model_id:
         val = f"{result.val_map:.4f}" if result.val_map is not None else "n/a"
@@ -66,18 +73,20 @@ def train_cmd(labels, image_root, out, bits, backbone, global_size, local_size, 
 @click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False))
 @click.option("--query-folds", default="4", show_default=True, help="Folds used as queries; the rest is the database.")
-@click.option("-k", "ks", multiple=True, type=int, default=(10, 100), show_default=True, help="Cut-offs for mAP@k, P@k, R@k.")
+@click.option("-k", "ks", multiple=True, type=click.IntRange(min=1), default=(10, 100), show_default=True, help="Cut-offs for mAP@k, P@k, R@k.")
 @click.option("--boxes", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Reference box table(s) for the pointing game.")
-@click.option("--engine", default="auto", show_default=True, help="fp32, fp32-cl, bf16 or auto.")
+@click.option("--engine", default="auto", show_default=True, type=click.Choice(ENGINE_NAMES))
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
-def evaluate_cmd(model, labels, image_root, query_folds, ks, boxes, engine, device, json_out):
+@click.option("--strict", is_flag=True, help="Refuse a label table with problems (unknown labels, duplicate ids...).")
+def evaluate_cmd(model, labels, image_root, query_folds, ks, boxes, engine, device, json_out, strict):
     """Retrieval mAP (tie-aware and stable order), mAP@k, P@k, R@k; pointing game on reference boxes."""
     from medhash.atomic import write_text_atomic
     from medhash.app.evaluate import EvaluateConfig, evaluate_model
 
     report = evaluate_model(EvaluateConfig(model=model, labels=labels, image_root=image_root, query_folds=int_list(query_folds),
-                                           ks=tuple(ks), boxes=tuple(boxes), device=device, engine=engine))
+                                           ks=tuple(ks), boxes=tuple(boxes), device=device, engine=engine,
+                                           strict_labels=strict))
     r = report["retrieval"]
     click.echo(f"model {report['model_id']} ({report['bits']} bits, engine {report['engine']}): "
                f"{report['n_queries']} queries x {report['n_database']} database images")

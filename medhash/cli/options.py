@@ -11,3 +11,26 @@ def int_list(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+# The names of medhash.model.backbone.BACKBONES and medhash.model.encoder.ENGINES, listed here so `--help`
+# does not import torch (tests/test_cli_errors.py checks that the lists agree).
+BACKBONE_NAMES = ("densenet121", "tiny")
+ENGINE_NAMES = ("auto", "fp32", "fp32-cl", "bf16", "fp16")
+BITS_RANGE = (8, 256)  # medhash.model.config.ModelConfig: a multiple of 8 in this range
+
+
+class HashBits(click.ParamType):
+    """A hash length: a multiple of 8 in [8, 256] (what ModelConfig accepts), refused by click otherwise."""
+
+    name = "bits"
+
+    def convert(self, value, param, ctx) -> int:
+        low, high = BITS_RANGE
+        try:
+            bits = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not an integer; bits takes a multiple of 8 in [{low}, {high}]", param, ctx)
+        if bits % 8 or not low <= bits <= high:
+            self.fail(f"{bits} is not a multiple of 8 in [{low}, {high}]", param, ctx)
+        return bits

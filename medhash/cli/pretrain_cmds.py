@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from medhash.cli.options import BACKBONE_NAMES
+
 
 @click.command("pretrain")
 @click.option("--images", required=True, type=click.Path(exists=True),
               help="Folder of radiographs (every readable image under it) or a label table (labels are ignored).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Backbone file to write (backbone.pt).")
-@click.option("--backbone", default="densenet121", show_default=True, help="Backbone name (densenet121, tiny).")
+@click.option("--backbone", default="densenet121", show_default=True, type=click.Choice(BACKBONE_NAMES))
 @click.option("--size", default=224, show_default=True, help="View side in pixels.")
 @click.option("--load-size", default=256, show_default=True, help="Images are held at this side; views are cropped from it.")
 @click.option("--epochs", default=120, show_default=True)

@@ -38,8 +38,8 @@ def _table(results) -> str:
               help="Folder that relative hit paths resolve against (for overlays).")
 @click.option("--mmap", is_flag=True, help="Memory-map the index where its kind allows.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists to visit (default: the index's).")
-@click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW candidate list (default: the index's).")
+@click.option("--nprobe", type=click.IntRange(1, 65_536), default=None, help="IVF lists to visit (default: the index's).")
+@click.option("--ef-search", type=click.IntRange(1, 65_536), default=None, help="HNSW candidate list (default: the index's).")
 def query_cmd(index_dir, model_path, images, k, with_ties, as_json, overlay_dir, image_root, mmap, device, nprobe,
               ef_search) -> None:
     """Find the archived cases closest to each IMAGE (Hamming distance of hash codes)."""

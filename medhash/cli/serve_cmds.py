@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import click
+
+from medhash.cli.options import ENGINE_NAMES
 
 
 @click.command("serve")
@@ -18,25 +22,36 @@ import click
 @click.option("--archive-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of the archived images; thumbnails are served only from under it (none without it).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--engine", default="auto", show_default=True, help="fp32, fp32-cl, bf16, fp16 or auto (fastest).")
+@click.option("--engine", default="auto", show_default=True, type=click.Choice(ENGINE_NAMES), help="auto: the fastest.")
 @click.option("--threads", "torch_threads", type=click.IntRange(min=1), default=None, help="Torch threads (default: all cores).")
 @click.option("--mmap", is_flag=True, help="Memory-map the index where its kind allows.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=32.0, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Concurrent uploads encoded together in one forward pass, at most.")
-@click.option("--max-k", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--max-k", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Most hits in one response, ties included (a response cut there says truncated).")
+@click.option("--max-decode-mb", type=click.IntRange(min=1), default=768, show_default=True,
+              help="Most memory one upload may take to decode, judged from its header (413 beyond).")
+@click.option("--decode-budget-mb", type=click.IntRange(min=1), default=3072, show_default=True,
+              help="Most memory all decodes together may take; more wait briefly, then get 503.")
 def serve_cmd(index_dir, model_path, host, port, token, archive_root, device, engine, torch_threads, mmap, max_upload_mb,
-              max_batch, max_k) -> None:
+              max_batch, max_k, max_decode_mb, decode_budget_mb) -> None:
     """Serve similar-case search over HTTP: API at /v1, page at /, OpenAPI schema at /openapi.json."""
     from medhash.serve import ServeConfig, run_server
+    from medhash.serve.config import MIN_TOKEN_CHARS
 
+    if token is None and os.environ.get("MEDHASH_TOKEN") == "":
+        # click reads an empty variable as unset, which would silently serve without authentication.
+        raise click.BadParameter(f"MEDHASH_TOKEN is set but empty; give a token of at least {MIN_TOKEN_CHARS} "
+                                 "characters, or unset it to serve without authentication", param_hint="--token")
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         click.echo(f"warning: binding {host} without --token: anyone who reaches this port can search the archive",
                    err=True)
     run_server(ServeConfig(index=str(index_dir), model=str(model_path), host=host, port=port, token=token,
                            archive_root=str(archive_root) if archive_root else None, device=device, engine=engine,
                            torch_threads=torch_threads, mmap=mmap, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                           max_batch=max_batch, max_k=max_k))
+                           max_batch=max_batch, max_k=max_k, max_decode_bytes=max_decode_mb << 20,
+                           decode_budget_bytes=decode_budget_mb << 20))
 
 
 commands = [serve_cmd]

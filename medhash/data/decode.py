@@ -16,6 +16,8 @@ Choices worth knowing:
 - DICOM: modality LUT / rescale, then VOI LUT sequence or window (PS3.3 C.11.2.1.2, output range
   taken as [0, 1]), else min-max of the data; MONOCHROME1 is inverted last.
 - The pixel limit is checked on the size declared in the header, before any pixel is decoded.
+  `read_image_header` reads only that header, so a caller (the server) can bound the memory a decode
+  will take (`ImageHeader.decode_bytes`) before it starts one.
 - One image per file: multi-frame DICOMs and multi-page TIFFs are refused, not reduced to a frame.
 - Compressed DICOM goes through pydicom's pixel-data plugins (GDCM, pylibjpeg-openjpeg/-rle,
   pyjpegls), plus `medhash.data.gdcm_jpeg12` for 12-bit JPEG Extended.
@@ -135,6 +137,69 @@ def _typed_errors(src: _Source) -> Iterator[None]:
         raise ImageDecodeError(src.name, "unreadable", _describe(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any decoder failure must surface as a typed error
         raise ImageDecodeError(src.name, "corrupt", _describe(exc)) from exc
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header declares, read without decoding a pixel."""
+
+    format: str  # PNG, JPEG, DICOM or DICOM_RAW
+    width: int
+    height: int
+    frames: int = 1
+    channels: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height * self.frames
+
+    @property
+    def decode_bytes(self) -> int:
+        """About the peak memory read_image takes for this image: the stored frame plus the float64 working
+        copies (one per channel, then the grey result) and the float32 output; 24 bytes a pixel for grey."""
+        return self.pixels * (16 + 8 * self.channels)
+
+
+def read_image_header(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None
+) -> ImageHeader:
+    """The size an image declares (Pillow's size before load; DICOM Rows x Columns x frames), decoding no
+    pixel. Raises `ImageDecodeError` for every failure, as read_image would."""
+    src = _open_source(source, name)
+    try:
+        fmt = _detect_format(src)
+        return _HEADER_READERS[fmt](src, fmt)
+    except ImageDecodeError:
+        raise
+    except OSError as exc:
+        raise ImageDecodeError(src.name, "unreadable", _describe(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - any header failure must surface as a typed error
+        raise ImageDecodeError(src.name, "corrupt", _describe(exc)) from exc
+
+
+def _pillow_header(src: _Source, fmt: str) -> ImageHeader:
+    from PIL import Image
+
+    with src.open() as fp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller judges the size
+        try:
+            image = Image.open(fp, formats=[fmt])
+        except Image.DecompressionBombError as exc:
+            raise ImageDecodeError(src.name, "too_large", str(exc)) from exc
+        except (OSError, EOFError, SyntaxError, ValueError) as exc:
+            raise ImageDecodeError(src.name, _pillow_failure_kind(src, fmt, exc), _describe(exc)) from exc
+        with image:
+            return ImageHeader(fmt, image.width, image.height, 1, len(image.getbands()))
+
+
+def _dicom_header(src: _Source, fmt: str) -> ImageHeader:
+    header = _read_dicom(src, force=fmt == "DICOM_RAW", stop_before_pixels=True)
+    try:
+        channels = int(header.get("SamplesPerPixel") or 1)
+        rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(src.name, "corrupt", "unreadable Rows, Columns or SamplesPerPixel") from exc
+    return ImageHeader(fmt, columns, rows, _number_of_frames(src, header), max(1, channels))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,4 +571,11 @@ _DECODERS: dict[str, Callable[[_Source, str, int | None], np.ndarray]] = {
     "TIFF": _decode_pillow,
     "DICOM": _decode_dicom,
     "DICOM_RAW": _decode_dicom,
+}
+
+_HEADER_READERS: dict[str, Callable[[_Source, str], ImageHeader]] = {
+    "PNG": _pillow_header,
+    "JPEG": _pillow_header,
+    "DICOM": _dicom_header,
+    "DICOM_RAW": _dicom_header,
 }

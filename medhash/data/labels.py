@@ -3,7 +3,8 @@
 Both formats become `LabelRecord`s; `multi_hot` maps them onto the class list
 that travels with a model (`CLASSES` by default: 14 NIH findings + No Finding).
 Problems (unknown labels, missing image files, malformed rows) are collected in
-`LabelTable.problems` and never silently dropped.
+`LabelTable.problems` and never silently dropped; every command that reads a table reports them
+through `report_label_problems` (the same lines everywhere; strict makes them fatal).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class LabelRecord:
 class LabelProblem:
     row: int  # 1-based data row (header excluded); 0 for table-level problems
     image_id: str
-    kind: str  # "unknown_label" | "missing_file" | "malformed_row" | "duplicate_id"
+    kind: str  # "unknown_label" | "empty_labels" | "missing_file" | "malformed_row" | "duplicate_id"
     detail: str
 
     def __str__(self) -> str:
@@ -214,6 +215,9 @@ def read_label_table(
             continue
         seen.add(image_id)
         labels = split_labels(row.get(cols["labels"], ""))
+        if not labels:  # kept (as no label at all), but a normal study is written "No Finding"
+            problems.append(LabelProblem(row_no, image_id, "empty_labels",
+                                         f"the label field is empty (write {NO_FINDING!r} for a normal study)"))
         for label in labels:
             if label not in known:
                 problems.append(LabelProblem(row_no, image_id, "unknown_label", f"{label!r} is not in the class list"))
@@ -230,3 +234,25 @@ def read_label_table(
         patient = (row.get(cols["patient_id"]) or "").strip() or image_id
         records.append(LabelRecord(image_id, path, patient, labels, fold, _extra_columns(row, fmt)))
     return LabelTable(csv_path, records, problems, tuple(classes))
+
+
+SHOWN_PROBLEMS = 10  # problems listed one per line; the rest are counted in the summary
+
+
+def report_label_problems(table: LabelTable, strict: bool = False, shown: int = SHOWN_PROBLEMS) -> None:
+    """Report a table's problems the same way in every command: one summary line counting them by kind,
+    then the first `shown`, one line each, as warnings. With `strict`, a LabelTableError (the same summary
+    and lines) instead, so nothing runs on a table with problems."""
+    if not table.problems:
+        return
+    kinds = Counter(p.kind for p in table.problems)
+    summary = (f"{table.source}: {len(table.problems)} label table problem(s): "
+               + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
+    lines = [f"{table.source}: {problem}" for problem in table.problems[:shown]]
+    if len(table.problems) > shown:
+        lines.append(f"{table.source}: ... and {len(table.problems) - shown} more")
+    if strict:
+        raise LabelTableError(f"{summary} (refused: --strict); first: {table.problems[0]}")
+    log.warning("%s (rows kept as described; --strict refuses such a table)", summary)
+    for line in lines:
+        log.warning("%s", line)

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from medhash.data.labels import LabelRecord
+from medhash.errors import InvalidParameterError
 
 
 def assign_folds(records: Sequence[LabelRecord], n_folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -25,7 +26,7 @@ def assign_folds(records: Sequence[LabelRecord], n_folds: int = 5, seed: int = 0
         by_patient: dict[str, int] = {}
         for r in records:
             if by_patient.setdefault(r.patient_id, r.fold) != r.fold:
-                raise ValueError(f"patient {r.patient_id} appears in folds {by_patient[r.patient_id]} and {r.fold}")
+                raise InvalidParameterError(f"patient {r.patient_id} appears in folds {by_patient[r.patient_id]} and {r.fold}")
         return folds
     patients = sorted({r.patient_id for r in records})
     order = np.random.default_rng(seed).permutation(len(patients))

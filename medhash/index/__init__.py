@@ -9,6 +9,7 @@
 The design, one module or subpackage each:
 - kinds: the registry of index kinds (flat, multihash, ivf, hnsw): parameters from the index size,
   create / add / remove on the FAISS index, and the searcher of the kind's family;
+- params: the declared parameters of each kind (types, bounds), checked before any FAISS call;
 - _search: one searcher per family (exact scan, multi-index hashing, approximate, GPU), the shared
   neighbour ordering and tie rules, and the thread policy;
 - _store: the index folder (index.faiss, ids.parquet, manifest.json with checksums);

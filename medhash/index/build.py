@@ -84,6 +84,7 @@ def build_index(codes_dir: str | Path, out_dir: str | Path, config: BuildConfig 
 
 def _build(codes_dir: Path, out_dir: Path, config: BuildConfig) -> IndexManifest:
     kind = get_kind(config.kind)
+    kind.check_overrides(config.params)  # refuse bad keys and values before touching the output folder
     if (out_dir / MANIFEST_FILE).exists():
         if not config.overwrite:
             raise IndexManifestError(out_dir, "an index already exists here (use overwrite / --overwrite to rebuild)")
@@ -94,12 +95,17 @@ def _build(codes_dir: Path, out_dir: Path, config: BuildConfig) -> IndexManifest
     shards = open_shards(codes_dir)
     bits, model_id = shards[0].bits, shards[0].model_id
     total_rows = sum(s.rows for s in shards)
-    params = {**kind.default_params(total_rows, bits), **config.params}
+    params = kind.resolve_params(total_rows, bits, config.params)
 
     with timings("scan"):
         scan = scan_inputs(shards, kind.train_rows(params, total_rows), config.batch_rows, config.seed, codes_dir)
     if scan.rows == 0:
         raise IndexManifestError(codes_dir, "no valid rows to index (every code or image_id is null)")
+    kind.check_fit(params, scan.rows, bits)  # again on the valid rows: null rows were counted above
+    drawn = 0 if scan.train_codes is None else len(scan.train_codes)
+    if drawn < kind.min_train_rows(params):  # null rows in the sample: FAISS would refuse to train
+        raise IndexManifestError(codes_dir, f"only {drawn} valid codes were drawn to train {kind.name}, "
+                                            f"which needs {kind.min_train_rows(params)} (params {params})")
     with timings("train"):
         index = kind.create(bits, params, scan.train_codes, gpu=config.gpu)
     del scan.train_codes

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medhash.errors import IndexManifestError
+from medhash.errors import IndexManifestError, InvalidParameterError
 from medhash.index._search import DEFAULT_POLICY, GpuFlatSearch, Searcher, SearchParams, ThreadPolicy
 from medhash.index._store import (IDS_FILE, INDEX_FILE, IdRecord, IndexManifest, load_manifest, read_column,
                                   read_faiss, records_at)
@@ -99,7 +99,7 @@ class HammingIndex:
                                      f"manifest says {manifest.count} of {manifest.bits}")
         if self.gpu:
             if kind.name != "flat":
-                raise ValueError(f"GPU search is implemented for flat indexes, this one is {kind.name}")
+                raise InvalidParameterError(f"GPU search is implemented for flat indexes, this one is {kind.name}")
             self._searcher: Searcher = GpuFlatSearch(index, kind.searcher(index, manifest.params, self.policy, True))
         else:
             self._searcher = kind.searcher(index, manifest.params, self.policy, self.mapped)
@@ -144,7 +144,7 @@ class HammingIndex:
             raise IndexManifestError(self.index_dir, f"query codes of shape {codes.shape} are not "
                                      f"{self.bits}-bit codes (expected [B, {self.bits // 8}] uint8)")
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise InvalidParameterError(f"k must be >= 1, got {k}")
         if len(codes) == 0 or len(self) == 0:
             return SearchResult([Hits([], np.empty(0, np.int32), np.empty(0, np.int64)) for _ in codes])
         found = self._searcher.search(codes, k, with_ties, SearchParams(nprobe=nprobe, ef_search=ef_search))

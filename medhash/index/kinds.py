@@ -12,6 +12,10 @@ family (medhash.index._search).
 "Row positions" means FAISS label == row of ids.parquet; removing compacts both, so they stay equal.
 IVF keeps explicit labels (remove_ids leaves the others untouched) and ids.parquet stores them in a
 sorted `label` column; rows are found by binary search.
+
+Each kind declares its parameters (`param_specs`, medhash.index.params) and `resolve_params` checks
+user overrides against them, then the bounds that depend on the data (`check_fit`), before any FAISS
+call: FAISS itself aborts or allocates without bound on values such as hnsw M=0 or M=-1.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import math
 
 import numpy as np
 
+from medhash.errors import InvalidParameterError
+from medhash.index.params import MAX_EF, ParamSpec, check_declared, refuse
 from medhash.index._search import (ApproxSearch, ExactScan, MultiHashSearch, Searcher, ThreadPolicy, flat_codes,
                                    flat_codes_buffer, hnsw_params, ivf_params, use_gpu_for_training)
 
@@ -46,11 +52,31 @@ class IndexKind:
     name: str = ""
     dense_labels: bool = True  # FAISS label == row position
     needs_training: bool = False
+    param_specs: tuple[ParamSpec, ...] = ()
 
-    def default_params(self, n: int, bits: int) -> dict:
+    def default_params(self, n: int, bits: int, given: dict | None = None) -> dict:
+        """Parameters chosen from the index size; those not `given` are derived from the `given` ones."""
         return {}
 
+    def resolve_params(self, n: int, bits: int, overrides: dict) -> dict:
+        """The parameters to build `n` codes of `bits` bits with: defaults, then the checked overrides."""
+        given = self.check_overrides(overrides)
+        params = {**self.default_params(n, bits, given), **given}
+        self.check_fit(params, n, bits)
+        return params
+
+    def check_overrides(self, overrides: dict) -> dict:
+        """Refuse unknown keys and values outside the declared bounds (needs no data)."""
+        others = {kind.name: kind.param_specs for kind in KINDS.values() if kind.name != self.name}
+        return check_declared(self.name, self.param_specs, overrides, others)
+
+    def check_fit(self, params: dict, n: int, bits: int) -> None:
+        """Refuse parameters that do not fit `n` codes of `bits` bits (one-line InvalidParameterError)."""
+
     def train_rows(self, params: dict, n: int) -> int:
+        return 0
+
+    def min_train_rows(self, params: dict) -> int:
         return 0
 
     def create(self, bits: int, params: dict, train_codes: np.ndarray | None = None, gpu: bool = False):
@@ -114,14 +140,30 @@ class FlatKind(IndexKind):
 
 class MultiHashKind(IndexKind):
     name = "multihash"
+    param_specs = (
+        ParamSpec("nhash", 1, 256, "hash tables, one per substring; nhash * b <= bits"),
+        ParamSpec("b", 1, 32, "bits per substring"),
+        ParamSpec("nflip", 0, 32, "bit flips probed per substring at first; at most b"),
+        ParamSpec("max_nflip", 0, 32, "most flips probed before a flat scan; at most b"),
+        ParamSpec("budget", 0.0, 1e12, "probe cost allowed, in flat scans, before falling back to one", float),
+    )
 
-    def default_params(self, n, bits):
+    def default_params(self, n, bits, given=None):
         # Substrings of ~log2(n) bits give ~1 code per bucket (MIH's optimum), capped at 16 bits
         # so each table keeps <= 65,536 buckets; nhash tables cover bits // b * b bits.
-        b = int(min(16, max(8, round(math.log2(max(n, 2))))))
-        b = min(b, bits)
-        nhash = max(1, bits // b)
+        given = given or {}
+        b = given.get("b") or min(int(min(16, max(8, round(math.log2(max(n, 2)))))), bits)
+        nhash = given.get("nhash") or max(1, bits // b)
         return {"nhash": nhash, "b": b, "nflip": 1, "max_nflip": self._max_nflip(n, nhash, b)}
+
+    def check_fit(self, params, n, bits):
+        nhash, b = params["nhash"], params["b"]
+        if nhash * b > bits:
+            refuse(self.name, f"nhash * b = {nhash} * {b} = {nhash * b} is more than the {bits} bits of a code; "
+                              f"lower nhash or b so that nhash * b <= {bits}")
+        for key in ("nflip", "max_nflip"):
+            if params[key] > b:
+                refuse(self.name, f"{key}={params[key]} is more than b={b}; {key} takes an integer in [0, {b}]")
 
     @staticmethod
     def _max_nflip(n: int, nhash: int, b: int) -> int:
@@ -160,15 +202,31 @@ class IVFKind(IndexKind):
     name = "ivf"
     dense_labels = False
     needs_training = True
+    param_specs = (
+        ParamSpec("nlist", 1, 65_536, "inverted lists; at most the number of codes"),
+        ParamSpec("nprobe", 1, 65_536, "lists visited per query; at most nlist"),
+        ParamSpec("train_per_list", 1, 4_096, "training codes drawn per list"),
+    )
 
-    def default_params(self, n, bits):
+    def default_params(self, n, bits, given=None):
         # nlist ~ 4 sqrt(n) (power of two; FAISS's guide says 4-16 sqrt(n)), never more lists than 39
         # training codes each can support, and at most 4096: k-means cost grows with nlist x training
         # codes. At 1M clustered codes 4096 lists reached recall@100 0.965 at nprobe 2 in 0.064 ms vs
         # 0.086 ms (nprobe 4, recall 0.93) with 1024 lists.
         nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
-        nlist = int(max(1, min(nlist, 4096, n // 39 or 1)))
+        nlist = (given or {}).get("nlist") or int(max(1, min(nlist, 4096, n // 39 or 1)))
         return {"nlist": nlist, "nprobe": max(1, nlist // 32), "train_per_list": 64}
+
+    def check_fit(self, params, n, bits):
+        if params["nlist"] > n:
+            refuse(self.name, f"nlist={params['nlist']} is more than the {n} codes to cluster; "
+                              f"nlist takes an integer in [1, {n}] here")
+        if params["nprobe"] > params["nlist"]:
+            refuse(self.name, f"nprobe={params['nprobe']} is more than nlist={params['nlist']}; "
+                              f"nprobe takes an integer in [1, {params['nlist']}]")
+
+    def min_train_rows(self, params):
+        return params["nlist"]  # k-means needs at least one training code per list
 
     def train_rows(self, params, n):
         return int(min(n, params["nlist"] * params.get("train_per_list", 64)))
@@ -198,8 +256,14 @@ class IVFKind(IndexKind):
 
 class HNSWKind(IndexKind):
     name = "hnsw"
+    param_specs = (
+        # M < 2 breaks FAISS's level sampling (1/log M): M=0 aborts, M=-1 allocates without bound.
+        ParamSpec("M", 2, 256, "graph neighbours per node"),
+        ParamSpec("ef_construction", 1, MAX_EF, "candidate list while building"),
+        ParamSpec("ef_search", 1, MAX_EF, "candidate list while searching"),
+    )
 
-    def default_params(self, n, bits):
+    def default_params(self, n, bits, given=None):
         return {"M": 16, "ef_construction": 40, "ef_search": 128}
 
     def create(self, bits, params, train_codes=None, gpu=False):
@@ -231,4 +295,4 @@ def get_kind(name: str) -> IndexKind:
     try:
         return KINDS[name]
     except KeyError:
-        raise ValueError(f"unknown index kind {name!r}; known: {sorted(KINDS)}") from None
+        raise InvalidParameterError(f"unknown index kind {name!r}; known: {', '.join(sorted(KINDS))}") from None

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from medhash.errors import InvalidParameterError
+
 
 class Backbone(nn.Module):
     def __init__(self, features: nn.Module, out_channels: int, arch: str):
@@ -57,4 +59,4 @@ def build_backbone(name: str) -> Backbone:
     try:
         return BACKBONES[name]()
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
+        raise InvalidParameterError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medhash.errors import InvalidParameterError
 from medhash.model.backbone import Backbone
 from medhash.model.config import ModelConfig
 
@@ -55,13 +56,13 @@ class C2LConfig:
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.queue_size < 1 or self.bn_splits < 1:
-            raise ValueError("dim, queue_size and bn_splits must be >= 1")
+            raise InvalidParameterError("dim, queue_size and bn_splits must be >= 1")
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+            raise InvalidParameterError(f"momentum must lie in [0, 1), got {self.momentum}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise InvalidParameterError(f"temperature must be > 0, got {self.temperature}")
         if self.mixup_alpha < 0:
-            raise ValueError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
+            raise InvalidParameterError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
 
 
 # -- shuffled-BN equivalent on one device -------------------------------------------------------
@@ -91,7 +92,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         n, c, h, w = x.shape
         if n % g:
-            raise ValueError(f"batch of {n} does not split into {g} BN sub-batches; use a batch size divisible by {g}")
+            raise InvalidParameterError(f"batch of {n} does not split into {g} BN sub-batches; use a batch size divisible by {g}")
         # [n, c, h, w] -> [n/g, g*c, h, w]: sample j*g + i lands in channel block i (group i = samples n % g == i).
         mean = self.running_mean.repeat(g) if self.track_running_stats else None
         var = self.running_var.repeat(g) if self.track_running_stats else None

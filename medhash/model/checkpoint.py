@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,7 @@ def read_payload(path: str | Path, fmt: str, version: int, id_key: str, what: st
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated/garbled files
-        raise CheckpointError(f"{path}: not a readable {what} (corrupt or truncated): {exc}") from exc
+    payload = _torch_load(path, what)
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: not a medhash {what} (format {found!r}){hint}")
@@ -67,6 +65,27 @@ def read_payload(path: str | Path, fmt: str, version: int, id_key: str, what: st
     if weights_id(payload["state_dict"]) != payload.get(id_key):
         raise CheckpointError(f"{path}: weights do not match the recorded {id_key} (file altered or corrupt)")
     return payload
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive format
+_PICKLE_MAGIC = b"\x80"  # torch's legacy format starts with a pickle protocol byte
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    """torch.load with weights only, its failures said in medhash's words: torch's own message advises
+    retrying with weights_only=False, which would run whatever code an untrusted file holds."""
+    with open(path, "rb") as fp:
+        head = fp.read(4)
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise CheckpointError(f"{path}: not a {what}: not a PyTorch file at all (starts with {head!r})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: not a {what}: it holds Python objects other than tensors and plain data, "
+                              f"which medhash never loads (unpickling them could run code)") from exc
+    except Exception as exc:  # torch raises many types for truncated/garbled files
+        raise CheckpointError(f"{path}: not a readable {what}: the file is corrupt or truncated "
+                              f"({type(exc).__name__})") from exc
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

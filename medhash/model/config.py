@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from medhash.data.labels import CLASSES
-from medhash.errors import CheckpointError
+from medhash.errors import CheckpointError, InvalidParameterError
 
 BRANCHES = ("global", "local")
 
@@ -31,13 +31,13 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.bits % 8 or not 8 <= self.bits <= 256:
-            raise ValueError(f"bits must be a multiple of 8 in [8, 256], got {self.bits}")
+            raise InvalidParameterError(f"bits must be a multiple of 8 in [8, 256], got {self.bits}")
         if not 0.0 < self.tau < 1.0:
-            raise ValueError(f"tau must lie in (0, 1), got {self.tau}")
+            raise InvalidParameterError(f"tau must lie in (0, 1), got {self.tau}")
         if not self.fusion_inputs or set(self.fusion_inputs) - set(BRANCHES):
-            raise ValueError(f"fusion_inputs must be a non-empty subset of {BRANCHES}, got {self.fusion_inputs}")
+            raise InvalidParameterError(f"fusion_inputs must be a non-empty subset of {BRANCHES}, got {self.fusion_inputs}")
         if len(set(self.classes)) != len(self.classes):
-            raise ValueError("class list has duplicates")
+            raise InvalidParameterError("class list has duplicates")
 
     @property
     def code_bytes(self) -> int:

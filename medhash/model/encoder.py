@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from medhash.encoding import EncodeResult  # re-exported: medhash.model.EncodeResult
+from medhash.errors import InvalidParameterError
 from medhash.model.checkpoint import load_model
 from medhash.model.hashnet import AGHashNet, pack_codes
 from medhash.model.runtime import autocast, default_precision
@@ -35,10 +36,10 @@ class HashEncoder:
         self.device = torch.device(device)
         self.engine = default_precision(self.device) if engine == "auto" else engine
         if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; known: {sorted(ENGINES)} or 'auto'")
+            raise InvalidParameterError(f"unknown engine {self.engine!r}; known: {sorted(ENGINES)} or 'auto'")
         self.autocast_dtype, channels_last = ENGINES[self.engine]
         if self.engine == "fp16" and self.device.type != "cuda":
-            raise ValueError("engine fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+            raise InvalidParameterError("engine fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         self.model = model.eval().to(self.device)
         self.model.use_channels_last(channels_last)
         self.model_id = model_id

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from medhash.errors import InvalidParameterError
+
 __all__ = ["PRECISIONS", "autocast", "cpu_supports_bf16", "default_precision", "resolve_device", "resolve_precision"]
 
 # precision name -> autocast dtype (None: no autocast, plain fp32)
@@ -41,9 +43,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         name = default_precision(device)
     if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+        raise InvalidParameterError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
     if PRECISIONS[name] is torch.float16 and device.type != "cuda":
-        raise ValueError("fp16 autocast needs CUDA; use bf16 on the CPU")
+        raise InvalidParameterError("fp16 autocast needs CUDA; use bf16 on the CPU")
     return PRECISIONS[name]
 
 

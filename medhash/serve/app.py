@@ -1,4 +1,9 @@
-"""create_app(service): the FastAPI application over a SearchService (routes, auth, limits, metrics)."""
+"""create_app(service): the FastAPI application over a SearchService (routes, auth, limits, metrics).
+
+Every error answer is JSON with a one-line `detail`; values the client sent are quoted shortened
+(medhash.errors.shorten), so an answer never grows with the request: a 100 KB image id comes back as 80
+characters. The token is compared in constant time (secrets.compare_digest is hmac.compare_digest).
+"""
 
 # No `from __future__ import annotations`: FastAPI must see the closures' Depends(bearer) objects.
 import contextlib
@@ -8,12 +13,16 @@ from importlib import resources
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from medhash import __version__
-from medhash.errors import ArchiveAccessError, ImageDecodeError
+from medhash.errors import ArchiveAccessError, ImageDecodeError, shorten
 from medhash.index import SearchParams
+from medhash.index.params import MAX_EF
+from medhash.serve.budget import ServerBusyError
 from medhash.serve.limits import BodySizeLimit
 from medhash.serve.schemas import Health, Info, SearchResponse
 from medhash.serve.service import BadQueryError, SearchService
@@ -63,7 +72,23 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.exception_handler(ImageDecodeError)
     async def bad_image(_: Request, exc: ImageDecodeError):
-        return JSONResponse({"detail": str(exc), "kind": exc.kind}, status_code=400)
+        # too_large: the declared size is over a limit (413); anything else: the bytes are not a usable image.
+        code = 413 if exc.kind == "too_large" else 400
+        return JSONResponse({"detail": str(exc), "kind": exc.kind}, status_code=code)
+
+    @app.exception_handler(ServerBusyError)
+    async def busy(_: Request, exc: ServerBusyError):
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError):
+        errors = jsonable_encoder(exc.errors())
+        for error in errors:  # FastAPI echoes the offending input in full: quote it shortened
+            if "input" in error:
+                error["input"] = shorten(error["input"]) if isinstance(error["input"], str) else None
+            error.pop("ctx", None)
+            error["msg"] = shorten(error.get("msg", ""), 200)
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(BadQueryError)
     async def bad_query(_: Request, exc: BadQueryError):
@@ -88,16 +113,17 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.post("/v1/search", response_model=SearchResponse, dependencies=authorized, tags=["search"],
               responses={**ERRORS, 400: {"description": "The image could not be decoded"},
-                         413: {"description": "Upload larger than the server's limit"},
-                         422: {"description": "Neither image nor code, both, a bad code or a bad k"}})
+                         413: {"description": "Upload, or its declared decoded size, larger than the server's limit"},
+                         422: {"description": "Neither image nor code, both, a bad code or a bad k"},
+                         503: {"description": "The decode budget stayed full; retry after Retry-After seconds"}})
     async def search(
         image: Annotated[UploadFile | None, File(description="A radiograph: PNG, JPEG or DICOM")] = None,
         code: Annotated[str | None, Form(description="A code instead of an image: hex or base64")] = None,
-        k: Annotated[int | None, Form(ge=1, description="Hits to return (default: the server's)")] = None,
+        k: Annotated[int | None, Form(ge=1, le=config.max_k, description="Hits to return (default: the server's)")] = None,
         with_ties: Annotated[bool, Form(description="Also return every item at the k-th distance")] = False,
         overlay: Annotated[bool, Form(description="Return the query's saliency overlay as a data: URL")] = False,
-        nprobe: Annotated[int | None, Form(ge=1, description="IVF index: inverted lists to visit")] = None,
-        ef_search: Annotated[int | None, Form(ge=1, description="HNSW index: candidate list size")] = None,
+        nprobe: Annotated[int | None, Form(ge=1, le=65_536, description="IVF index: inverted lists to visit")] = None,
+        ef_search: Annotated[int | None, Form(ge=1, le=MAX_EF, description="HNSW index: candidate list size")] = None,
     ) -> SearchResponse:
         """Search by an uploaded image (encoded by the server's model) or by a code."""
         if (image is None) == (code is None):
@@ -107,7 +133,7 @@ def create_app(service: SearchService) -> FastAPI:
             return await service.search_code(code, k, with_ties, params)
         data = await image.read()
         if not data:
-            raise BadQueryError(f"uploaded file {image.filename or 'image'} is empty")
+            raise BadQueryError(f"uploaded file {shorten(image.filename or 'image')} is empty")
         return await service.search_image(data, image.filename or "upload", k, with_ties, overlay, params)
 
     @app.get("/v1/images/{image_id}", dependencies=authorized, tags=["search"], response_class=Response,
@@ -121,9 +147,9 @@ def create_app(service: SearchService) -> FastAPI:
         try:
             png = await service.thumbnail(image_id, overlay, size)
         except KeyError:
-            raise HTTPException(404, f"no image {image_id!r} in the index") from None
+            raise HTTPException(404, f"no image {shorten(image_id)!r} in the index") from None
         except ArchiveAccessError as exc:
-            raise HTTPException(404, f"image {image_id!r} is not served: {exc}") from None
+            raise HTTPException(404, f"image {shorten(image_id)!r} is not served: {shorten(exc, 200)}") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     return app

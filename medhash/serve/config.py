@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from medhash.errors import InvalidParameterError
+
+MIN_TOKEN_CHARS = 16  # a shorter bearer token is guessable; an empty one would turn authentication off
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -19,11 +23,26 @@ class ServeConfig:
     mmap: bool = False
     max_upload_bytes: int = 32 * 1024 * 1024  # one DICOM of a 3000x3000 film at 16 bits is ~18 MB
     max_pixels: int | None = None  # None: medhash.data.decode.DEFAULT_MAX_PIXELS
+    # Decode memory, estimated from the header before any pixel is decoded (ImageHeader.decode_bytes):
+    # one request may take at most max_decode_bytes (413 beyond: a 7000x7000 grey PNG needs ~1.2 GB), and
+    # all requests together decode_budget_bytes (beyond: wait up to decode_wait_s, then 503).
+    max_decode_bytes: int = 768 * 1024 * 1024
+    decode_budget_bytes: int = 3 * 1024 * 1024 * 1024
+    decode_wait_s: float = 10.0
     default_k: int = 10
     max_k: int = 10_000  # bench asks for whole rankings on small indexes; bounded to keep responses finite
     max_batch: int = 16  # concurrent uploads encoded together, at most this many per forward pass
     thumbnail_size: int = 256  # longest side of /v1/images thumbnails, unless the request asks for another
     cache_items: int = 512  # rendered thumbnails kept in memory
+
+    def __post_init__(self) -> None:
+        if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
+            what = "empty" if not self.token else f"{len(self.token)} characters"
+            raise InvalidParameterError(f"the bearer token is {what}; a token needs at least {MIN_TOKEN_CHARS} "
+                                        f"characters (or none at all, to serve without authentication)")
+        if self.max_decode_bytes > self.decode_budget_bytes:
+            raise InvalidParameterError(f"the per-request decode limit ({self.max_decode_bytes >> 20} MB) is larger "
+                                        f"than the decode budget of all requests ({self.decode_budget_bytes >> 20} MB)")
 
     def to_dict(self) -> dict:
         out = asdict(self)

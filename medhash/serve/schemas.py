@@ -39,6 +39,8 @@ class SearchResponse(BaseModel):
     with_ties: bool
     query: Query
     hits: list[Hit]
+    truncated: bool = Field(False, description="More items tie at the k-th distance than the server's max_k: "
+                                               "hits holds the first max_k of them")
     timings_ms: dict[str, float]
 
 

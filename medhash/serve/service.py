@@ -2,6 +2,10 @@
 
 Decoding and searching run in worker threads, encoding in the EncodeBatcher's thread, so the event
 loop only moves bytes. Every image the server reads comes through ArchiveFiles.
+
+Every answer is bounded: at most max_k hits (ties included: a with_ties search is cut at max_k and says
+`truncated`), and a decode is admitted only when the size its header declares fits the per-request
+limit and the DecodeBudget shared by all requests.
 """
 
 from __future__ import annotations
@@ -9,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import numpy as np
@@ -22,14 +29,15 @@ import torch
 
 from medhash import __version__
 from medhash.app.query import check_model
-from medhash.data.decode import DEFAULT_MAX_PIXELS, read_image
+from medhash.data.decode import DEFAULT_MAX_PIXELS, read_image, read_image_header
 from medhash.data.overlay import render_overlay
 from medhash.encoding import ImageEncoder
-from medhash.errors import ArchiveAccessError, ImageDecodeError
+from medhash.errors import ArchiveAccessError, ImageDecodeError, shorten
 from medhash.index import HammingIndex, SearchParams
 from medhash.model import load_encoder
 from medhash.serve.archive import ArchiveFiles
 from medhash.serve.batcher import EncodeBatcher, EncodedImage
+from medhash.serve.budget import DecodeBudget
 from medhash.serve.config import ServeConfig
 from medhash.serve.metrics import ServeMetrics
 from medhash.serve.schemas import Hit, Info, Prediction, Query, SearchResponse
@@ -37,6 +45,12 @@ from medhash.serve.schemas import Hit, Info, Prediction, Query, SearchResponse
 log = logging.getLogger(__name__)
 
 QUERY_OVERLAY_SIDE = 512
+
+
+@dataclass(frozen=True)
+class FoundHits:
+    hits: list[Hit]
+    truncated: bool  # more items tied at the k-th distance than max_k allows in one response
 
 
 class BadQueryError(ValueError):
@@ -101,6 +115,7 @@ class SearchService:
         self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="medhash-io")
         self._rows = LruCache(65536)  # image_id -> row, filled by searches (thumbnails follow them)
         self._thumbnails = LruCache(config.cache_items)
+        self.decode_budget = DecodeBudget(config.decode_budget_bytes, config.decode_wait_s)
 
     @classmethod
     def open(cls, config: ServeConfig) -> "SearchService":
@@ -127,12 +142,31 @@ class SearchService:
 
     # -- search -----------------------------------------------------------------------------------
     def check_k(self, k: int | None) -> int:
-        k = self.config.default_k if k is None else k
+        k = min(self.config.default_k, self.config.max_k) if k is None else k
         if not 1 <= k <= self.config.max_k:
             raise BadQueryError(f"k must be between 1 and {self.config.max_k}, got {k}")
         return k
 
-    async def decode(self, data: bytes, name: str) -> np.ndarray:
+    @contextlib.asynccontextmanager
+    async def decoding(self, data: bytes, name: str) -> AsyncIterator[Callable[[], Awaitable[np.ndarray]]]:
+        """Admit one decode of `data`: its header's size against the per-request limit (ImageDecodeError
+        too_large), then its bytes from the shared budget (ServerBusyError when full too long), held for the
+        block, which calls the yielded function to decode."""
+        loop = asyncio.get_running_loop()
+        name = shorten(name)  # the name is the client's; errors quote it
+        try:
+            header = await loop.run_in_executor(self._io_pool, lambda: read_image_header(data, name=name))
+            if header.decode_bytes > self.config.max_decode_bytes:
+                raise ImageDecodeError(name, "too_large", f"the header declares {header.width}x{header.height} pixels "
+                                       f"x {header.frames} frame(s), about {header.decode_bytes >> 20} MB to decode; "
+                                       f"this server decodes at most {self.config.max_decode_bytes >> 20} MB per image")
+        except ImageDecodeError as exc:
+            self.metrics.bad_images.labels(exc.kind).inc()
+            raise
+        async with self.decode_budget.reserve(header.decode_bytes):
+            yield lambda: self._decode(data, name)
+
+    async def _decode(self, data: bytes, name: str) -> np.ndarray:
         limit = self.config.max_pixels or DEFAULT_MAX_PIXELS
         loop = asyncio.get_running_loop()
         try:
@@ -146,16 +180,18 @@ class SearchService:
         """Decode an uploaded image, encode it (batched with concurrent requests) and search."""
         k = self.check_k(k)
         t0 = time.perf_counter()
-        image = await self.decode(data, name)
-        t1 = time.perf_counter()
-        encoded = await self.batcher.encode(image)
-        t2 = time.perf_counter()
-        hits, search_s = await self._search(encoded.code, k, with_ties, params)
-        query = Query(kind="image", code_hex=encoded.code.tobytes().hex(), box=encoded.box, width=int(image.shape[1]),
-                      height=int(image.shape[0]), predicted=self._predictions(encoded))
-        if overlay:
-            query.overlay_png = await asyncio.get_running_loop().run_in_executor(
-                self._io_pool, self._query_overlay, image, encoded)
+        async with self.decoding(data, name) as decode:
+            image = await decode()
+            t1 = time.perf_counter()
+            encoded = await self.batcher.encode(image)
+            t2 = time.perf_counter()
+            hits, search_s = await self._search(encoded.code, k, with_ties, params)
+            query = Query(kind="image", code_hex=encoded.code.tobytes().hex(), box=encoded.box,
+                          width=int(image.shape[1]), height=int(image.shape[0]), predicted=self._predictions(encoded))
+            if overlay:
+                query.overlay_png = await asyncio.get_running_loop().run_in_executor(
+                    self._io_pool, self._query_overlay, image, encoded)
+            del image
         timings = {"decode": t1 - t0, "encode": t2 - t1, "search": search_s, "total": time.perf_counter() - t0}
         self._observe("image", timings)
         return self._response(query, hits, k, with_ties, timings)
@@ -171,16 +207,17 @@ class SearchService:
         self._observe("code", timings)
         return self._response(Query(kind="code", code_hex=code.tobytes().hex()), hits, k, with_ties, timings)
 
-    async def _search(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams) -> tuple[list[Hit], float]:
+    async def _search(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams) -> tuple[FoundHits, float]:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         hits = await loop.run_in_executor(self._search_pool, self._search_sync, code, k, with_ties, params)
         return hits, time.perf_counter() - t0
 
-    def _search_sync(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams) -> list[Hit]:
+    def _search_sync(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams) -> FoundHits:
         found = self.index.search(code[None, :], k, with_ties=with_ties, nprobe=params.nprobe,
                                   ef_search=params.ef_search)[0]
-        records = self.index.records(found.rows)
+        # Ties can be many (every code at the k-th distance): the response holds max_k hits at most.
+        records = self.index.records(found.rows[:self.config.max_k])
         thumbs = self.archive.enabled
         hits = []
         for rank, (rec, dist) in enumerate(zip(records, found.distances), start=1):
@@ -188,7 +225,7 @@ class SearchService:
             url = f"/v1/images/{quote(rec.image_id, safe='')}" if thumbs else None
             hits.append(Hit(rank=rank, image_id=rec.image_id, distance=int(dist), labels=list(rec.labels),
                             box=rec.box, thumbnail_url=url, overlay_url=f"{url}?overlay=true" if url else None))
-        return hits
+        return FoundHits(hits, truncated=len(found.rows) > len(hits))
 
     def _predictions(self, encoded: EncodedImage) -> list[Prediction]:
         probs = 1.0 / (1.0 + np.exp(-encoded.logits.astype(np.float64)))
@@ -200,9 +237,9 @@ class SearchService:
         png = _render_thumbnail(image, encoded, QUERY_OVERLAY_SIDE)
         return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
-    def _response(self, query: Query, hits: list[Hit], k: int, with_ties: bool, timings: dict) -> SearchResponse:
+    def _response(self, query: Query, hits: FoundHits, k: int, with_ties: bool, timings: dict) -> SearchResponse:
         return SearchResponse(model_id=self.index.model_id, bits=self.index.bits, k=k, with_ties=with_ties, query=query,
-                              hits=hits, timings_ms={name: round(s * 1000, 3) for name, s in timings.items()})
+                              hits=hits.hits, truncated=hits.truncated, timings_ms={name: round(s * 1000, 3) for name, s in timings.items()})
 
     def _observe(self, kind: str, timings: dict) -> None:
         self.metrics.searches.labels(kind).inc()
@@ -229,11 +266,12 @@ class SearchService:
         record = self.index.records(np.array([row]))[0]
         path = self.archive.resolve(record.path)
         try:
-            image = await self.decode(path.read_bytes(), path.name)
+            async with self.decoding(path.read_bytes(), path.name) as decode:
+                image = await decode()
+                encoded = await self.batcher.encode(image) if overlay else None
+                png = await loop.run_in_executor(self._io_pool, _render_thumbnail, image, encoded, size)
         except ImageDecodeError as exc:
-            raise ArchiveAccessError(f"archived image {image_id} cannot be decoded: {exc.kind}") from None
-        encoded = await self.batcher.encode(image) if overlay else None
-        png = await loop.run_in_executor(self._io_pool, _render_thumbnail, image, encoded, size)
+            raise ArchiveAccessError(f"archived image {shorten(image_id)} cannot be decoded: {exc.kind}") from None
         self._thumbnails.put(key, png)
         return png
 

@@ -53,6 +53,7 @@ class TrainConfig:
     work_dir: str | None = None  # per-stage resumable state; default: <out>.stages/
     checkpoint_every_s: float = 60.0  # stage state is rewritten at most this often (and after the last epoch)
     progress: bool = True
+    strict_labels: bool = False  # label-table problems (unknown label, duplicate id...) are fatal, not warnings
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from medhash.data.decode import read_image
 from medhash.data.labels import LabelRecord, multi_hot, read_label_table
-from medhash.errors import ImageDecodeError
+from medhash.errors import ImageDecodeError, InvalidParameterError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSet", "decode_images", "list_images", "load_image_set", "to_square_uint8"]
 
@@ -65,7 +65,7 @@ def list_images(source: str | Path) -> list[Path]:
     if source.is_file() and source.name.lower().endswith(TABLE_SUFFIXES):
         table = read_label_table(source, check_files=False)
         return [r.path for r in table.records if r.path is not None]
-    raise ValueError(f"{source}: expected a folder of images or a label table (.csv)")
+    raise InvalidParameterError(f"{source}: expected a folder of images or a label table (.csv)")
 
 
 def decode_images(paths: Sequence[Path | None], size: int, workers: int = 0, names: Sequence[str] | None = None

@@ -7,6 +7,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from medhash.errors import InvalidParameterError
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": lambda params, lr, weight_decay: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
     "sgd": lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay),
@@ -29,12 +31,12 @@ SCHEDULES: dict[str, Callable[[int, int, int], float]] = {"cosine": _cosine, "co
 
 def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
+        raise InvalidParameterError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
     return OPTIMIZERS[name](list(params), lr, weight_decay)
 
 
 def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
+        raise InvalidParameterError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
     fn = SCHEDULES[name]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: fn(step, total_steps, max(1, warmup_steps)))

@@ -23,6 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from medhash.errors import InvalidParameterError
 from medhash.model.backbone import build_backbone
 from medhash.model.backbone_file import save_backbone
 from medhash.model.c2l import C2L, C2LConfig, mix, mixup_lambda
@@ -103,7 +104,7 @@ class Pretrainer:
         per_rank = n // self.ctx.world_size
         batch = min(cfg.batch_size, per_rank) // splits * splits
         if batch < max(2, splits):
-            raise ValueError(f"{cfg.images}: {n} readable images are too few for batches of >= {max(2, splits)} "
+            raise InvalidParameterError(f"{cfg.images}: {n} readable images are too few for batches of >= {max(2, splits)} "
                              f"per process (bn_splits {splits}, {self.ctx.world_size} processes)")
         if batch != cfg.batch_size:
             log.warning("batch size %d -> %d (data size / BN sub-batches)", cfg.batch_size, batch)
@@ -138,7 +139,7 @@ class Pretrainer:
             return None
         state = torch.load(self.state_path, map_location="cpu", weights_only=False)
         if state.get("digest") != digest:
-            raise ValueError(f"{self.state_path}: saved pretraining state was made with a different recipe or image "
+            raise InvalidParameterError(f"{self.state_path}: saved pretraining state was made with a different recipe or image "
                              f"list; delete it (or pass another --state) to start over")
         return state
 

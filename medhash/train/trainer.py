@@ -31,8 +31,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from medhash.data.labels import read_label_table
+from medhash.data.labels import LabelTable, read_label_table, report_label_problems
 from medhash.data.splits import assign_folds
+from medhash.errors import InvalidParameterError
 from medhash.model.backbone_file import apply_backbone_init
 from medhash.model.checkpoint import save_checkpoint
 from medhash.model.hashnet import AGHashNet
@@ -107,18 +108,18 @@ class Trainer:
         key = json.dumps([str(Path(cfg.labels).resolve()), stat.st_size, stat.st_mtime_ns, cfg.image_root, cfg.load_size,
                           cfg.model.classes, cfg.train_folds, cfg.val_folds, cfg.test_folds, cfg.seed])
         path = self.work_dir / f"images-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+        # Read (and report on) the table even when the decoded images are cached: a resumed run says the same.
+        table = read_label_table(cfg.labels, cfg.image_root, cfg.model.classes)
+        report_label_problems(table, strict=cfg.strict_labels)
         cached = self._load_state(path)
         if cached is not None:
             return cached["train"], cached["val"]
-        train_set, val_set = self._decode_data()
+        train_set, val_set = self._decode_data(table)
         save_on_main(path, {"train": train_set, "val": val_set}, self.ctx)
         return train_set, val_set
 
-    def _decode_data(self) -> tuple[ImageSet, ImageSet | None]:
+    def _decode_data(self, table: LabelTable) -> tuple[ImageSet, ImageSet | None]:
         cfg = self.config
-        table = read_label_table(cfg.labels, cfg.image_root, cfg.model.classes)
-        for problem in table.problems[:20]:
-            log.warning("%s: %s", table.source, problem)
         folds = assign_folds(table.records, seed=cfg.seed)
         held_out = set(cfg.val_folds) | set(cfg.test_folds)
         train_mask = np.isin(folds, cfg.train_folds) if cfg.train_folds is not None else ~np.isin(folds, list(held_out))
@@ -126,7 +127,7 @@ class Trainer:
         train_records = [r for r, keep in zip(table.records, train_mask) if keep]
         val_records = [r for r, keep in zip(table.records, val_mask) if keep]
         if not train_records:
-            raise ValueError(f"{cfg.labels}: no training images left after holding out folds {sorted(held_out)}")
+            raise InvalidParameterError(f"{cfg.labels}: no training images left after holding out folds {sorted(held_out)}")
         t0 = time.perf_counter()
         train_set = load_image_set(train_records, cfg.model.classes, cfg.load_size)
         val_set = load_image_set(val_records, cfg.model.classes, cfg.load_size) if val_records else None

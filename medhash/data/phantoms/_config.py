@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from medhash.data.phantoms._findings import PHANTOM_FINDINGS
+from medhash.errors import InvalidParameterError
 
 __all__ = ["DEFAULT_FINDING_PROBS", "PhantomConfig"]
 
@@ -45,15 +46,15 @@ class PhantomConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.finding_probs) - set(PHANTOM_FINDINGS))
         if unknown:
-            raise ValueError(f"phantoms cannot draw {unknown}; known findings: {list(PHANTOM_FINDINGS)}")
+            raise InvalidParameterError(f"phantoms cannot draw {unknown}; known findings: {list(PHANTOM_FINDINGS)}")
         bad = {k: p for k, p in self.finding_probs.items() if not 0.0 <= float(p) <= 1.0}
         if bad:
-            raise ValueError(f"finding probabilities must lie in [0, 1]: {bad}")
+            raise InvalidParameterError(f"finding probabilities must lie in [0, 1]: {bad}")
         if self.size < 32:
-            raise ValueError(f"phantom size must be at least 32 px, got {self.size}")
+            raise InvalidParameterError(f"phantom size must be at least 32 px, got {self.size}")
         if self.max_findings < 0:
-            raise ValueError(f"max_findings must be >= 0, got {self.max_findings}")
+            raise InvalidParameterError(f"max_findings must be >= 0, got {self.max_findings}")
         if self.noise < 0 or self.exposure_jitter < 0:
-            raise ValueError("noise and exposure_jitter must be >= 0")
+            raise InvalidParameterError("noise and exposure_jitter must be >= 0")
         if self.followup_every == 1 or self.followup_every < 0:
-            raise ValueError(f"followup_every must be 0 or >= 2, got {self.followup_every}")
+            raise InvalidParameterError(f"followup_every must be 0 or >= 2, got {self.followup_every}")

@@ -20,6 +20,7 @@ from medhash.data.labels import NO_FINDING
 from medhash.data.phantoms._config import PhantomConfig
 from medhash.data.phantoms._findings import PHANTOM_FINDINGS
 from medhash.data.phantoms._phantom import generate_phantom, patient_slot
+from medhash.errors import InvalidParameterError
 
 __all__ = ["BOX_COLUMNS", "LABEL_COLUMNS", "phantom_label_counts", "write_phantom_dataset"]
 
@@ -66,9 +67,9 @@ def write_phantom_dataset(
     whatever `workers` (processes; each renders a contiguous slice of indices).
     """
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InvalidParameterError(f"n must be >= 0, got {n}")
     if folds < 1:
-        raise ValueError(f"folds must be >= 1, got {folds}")
+        raise InvalidParameterError(f"folds must be >= 1, got {folds}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     chunk = max(1, math.ceil(n / max(1, workers * 4)))
