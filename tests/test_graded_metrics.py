@@ -144,7 +144,8 @@ class TestGradedMetrics:
         assert report.as_dict()["wmap"] is None and report.as_dict()["acg_at_k"] == {"2": None}
 
 
-@pytest.mark.parametrize("max_k", [None, 24]  # 24: half is requested (the rest is room for ties), so k_eval = 11 covers k = 10)
+# max_k 24: the bench asks for half of it (the rest is room for ties), so k_eval = 11 covers k = 10
+@pytest.mark.parametrize("max_k", [None, 24])
 def test_bench_report_graded_figures_equal_evaluate_codes(max_k):
     """medhash bench scores the hits of the search API: complete rankings give evaluate_codes' graded
     means; a truncated one keeps ACG@k (exact up to k_eval) and nulls nDCG and wmap."""
