@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from medhash.cli.options import engine_option
+
 
 @click.command("encode")
 @click.argument("inputs", nargs=-1, required=True)
@@ -17,7 +19,7 @@ import click
 @click.option("--torch-threads", type=int, default=None, help="Torch threads per task [default: host cores / task slots].")
 @click.option("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler (no LocalCluster is started).")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--engine", default="auto", show_default=True, help="auto, fp32, fp32-cl, bf16 (+channels_last), fp16 (CUDA).")
+@engine_option()
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--decode-threads", default=2, show_default=True, help="Decoding threads per task.")
 @click.option("--store-features", is_flag=True, help="Also store the fused float features (float16).")
