@@ -2,6 +2,7 @@
 
     python -m benchmarks.encode_throughput [--n 1000] [--n-large 4000]
     python -m benchmarks.encode_throughput --integrity-cost [--n 300] [--repeats 5]
+    python -m benchmarks.encode_throughput --mode engines [--sizes 128,224] [--repeats 3]
 
 Model: DenseNet-121 AGHashNet at 224 px, untrained (throughput does not depend on the weights);
 its hash layer is centred on a few images so that its bits vary and the bf16-vs-fp32 bit
@@ -25,6 +26,18 @@ drift hits both alike, repeated. Half the N phantom images are DICOM files, so t
 real; the model is the tiny backbone (a small model makes the ratio an upper bound: the extra work
 is per file, the model's is per pixel). "Without" disables the DICOM columns and replaces sha256 by
 a no-op for the measurement. Merged into the result file under "integrity_cost" (other keys kept).
+`--mode engines` compares the engines of the whole two-branch encoder (global branch, CAM, box,
+crop from the source, local branch, fusion, hash layer) instead: torch fp32, torch bf16 and the
+OpenVINO export (medhash/model/export.py), at batch 32, each size in one run. The engines are
+interleaved (fp32, bf16, openvino-bf16, openvino-fp32, then again) `--repeats` times on the same
+preloaded dev images, and each engine's median rate is reported with its runs. The model is a
+trained checkpoint where `--checkpoint` names one (a model of the quality-CV job, read-only), else
+a seeded DenseNet-121 whose BatchNorm statistics are calibrated on dev images and whose hash layer
+is centred on them, so that its saliency maps, boxes and bits are not degenerate. Bit agreement is
+the fraction of code bits equal to torch fp32's, box agreement the fraction of boxes within 1 px
+of fp32's; with a trained checkpoint the dev-set tie-aware mAP of each engine is added (fold 4 as
+queries, medhash.app.evaluate). Merged into the same JSON under `engine_comparison`, beside the
+pipeline figures, whose keys are kept.
 """
 
 from __future__ import annotations
@@ -215,28 +228,170 @@ def integrity_cost(n: int, repeats: int) -> dict:
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
+ENGINE_ORDER = ("fp32", "bf16", "openvino-bf16", "openvino-fp32")
+
+
+def calibrated_model(path: Path, images: list[np.ndarray], size: int) -> str:
+    """A seeded DenseNet-121 AGHashNet at `size` px: BatchNorm statistics from the images, hash layer centred on them."""
+    import torch
+
+    from medhash.model import AGHashNet, ModelConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    model = AGHashNet(ModelConfig(global_size=size, local_size=size))
+    batch = torch.stack([torch.from_numpy(im)[None] for im in images])
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(batch), 32):
+            model(batch[start:start + 32], stage="full")
+    model.eval()
+    with torch.no_grad():
+        fused = model(batch).fused
+        model.hash_layer.bias.copy_(-(model.hash_layer.weight @ fused.mean(0)))
+    return save_checkpoint(path, model)
+
+
+def engine_runs(checkpoint: Path, images: list[np.ndarray], threads: int, repeats: int) -> dict:
+    """Interleaved runs of each engine on the same images: rates, and codes/boxes of the first run."""
+    import torch
+
+    from medhash.model import load_encoder
+
+    torch.set_num_threads(threads)
+    encoders = {name: load_encoder(checkpoint, engine=name, batch_size=32) for name in ENGINE_ORDER}
+    for encoder in encoders.values():
+        encoder.encode_images(images[:32])  # warm-up: export and compile, oneDNN primitive creation
+    runs = {name: {"rates": []} for name in ENGINE_ORDER}
+    for _ in range(repeats):
+        for name, encoder in encoders.items():
+            start = time.perf_counter()
+            result = encoder.encode_images(images)
+            runs[name]["rates"].append(len(images) / (time.perf_counter() - start))
+            runs[name].setdefault("result", result)
+            print(f"{name}: {runs[name]['rates'][-1]:.1f} img/s", file=sys.stderr)
+    return runs
+
+
+def engine_rows(size: int, runs: dict) -> list[dict]:
+    fp32 = runs["fp32"]["result"]
+    bits_fp32 = np.unpackbits(fp32.codes, axis=1)
+    bf16_rate = float(np.median(runs["bf16"]["rates"]))
+    rows = []
+    for name, run in runs.items():
+        rate = float(np.median(run["rates"]))
+        box_gap = np.abs(run["result"].boxes.astype(int) - fp32.boxes.astype(int)).max(axis=1)
+        rows.append({
+            "engine": name, "size": size, "batch": 32, "images_per_s": round(rate, 2),
+            "images_per_s_runs": [round(r, 2) for r in run["rates"]],
+            "speedup_vs_torch_bf16": round(rate / bf16_rate, 3),
+            "fraction_bits_equal_to_fp32": round(float((np.unpackbits(run["result"].codes, axis=1) == bits_fp32).mean()), 5),
+            "fraction_codes_equal_to_fp32": round(float((run["result"].codes == fp32.codes).all(axis=1).mean()), 4),
+            "fraction_boxes_within_1px_of_fp32": round(float((box_gap <= 1).mean()), 4),
+        })
+    return rows
+
+
+def dev_map(checkpoint: Path, threads: int) -> dict:
+    """Dev-set tie-aware mAP of each engine (fold 4 as queries)."""
+    import torch
+
+    from medhash.app.evaluate import EvaluateConfig, evaluate_model
+
+    torch.set_num_threads(threads)
+    labels = DEFAULT_DATA_ROOT / "nih-cxr14-dev" / "labels.csv"
+    out = {}
+    for name in ENGINE_ORDER:
+        report = evaluate_model(EvaluateConfig(model=str(checkpoint), labels=str(labels), query_folds=(4,), engine=name))
+        out[name] = report["retrieval"]
+        print(f"{name}: dev mAP {report['retrieval']}", file=sys.stderr)
+    return out
+
+
+def engines_main(args: argparse.Namespace) -> None:
+    """`--mode engines`: the whole two-branch encoder per engine, merged into the result JSON."""
+    import openvino
+
+    from medhash.data.decode import read_image
+    from medhash.pipeline.cluster import available_cores
+
+    load_start = os.getloadavg()
+    threads = args.engine_threads or available_cores()
+    files = sorted(SHARED_DEV.glob("*.png"))
+    images = [read_image(f) for f in files[: args.engine_images]]
+    calibration = [read_image(f) for f in files[-args.calibration_images:]]
+    comparison = {
+        "machine": {**machine(), "openvino": openvino.__version__},
+        "threads": threads,
+        "threads_note": (f"torch threads = OpenVINO INFERENCE_NUM_THREADS = {threads} (all cores): the fair setting "
+                         "for one encoder per machine; OpenVINO runs its default PERFORMANCE_HINT LATENCY (one stream)"),
+        "images": f"{len(images)} nih-cxr14-dev 256 px PNGs, preloaded and decoded; batch 32",
+        "repeats": args.repeats,
+        "rows": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="medhash-bench-") as tmp:
+        for size in args.sizes:
+            if args.checkpoint:
+                checkpoint, model_note = args.checkpoint, f"trained checkpoint {args.checkpoint}"
+            else:
+                checkpoint = Path(tmp) / f"densenet121-{size}.pt"
+                calibrated_model(checkpoint, calibration, size)
+                model_note = (f"DenseNet-121 AGHashNet, 64 bits, seeded random init, BatchNorm calibrated and hash layer "
+                              f"centred on {len(calibration)} other dev images (no trained checkpoint was available)")
+            runs = engine_runs(checkpoint, images, threads, args.repeats)
+            comparison["rows"] += engine_rows(size, runs)
+            comparison[f"model_{size}px"] = model_note
+            if args.checkpoint and not args.no_map:
+                comparison[f"dev_map_{size}px"] = dev_map(checkpoint, threads)
+    load_end = os.getloadavg()
+    comparison["load_note"] = (f"1-min load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at the end on "
+                               f"{available_cores()} cores: the machine was shared (a background cross-validation "
+                               "training job held about one core, other jobs came and went), so absolute rates are "
+                               "low and noisy; engines are interleaved and repeated so their ratios are fair")
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "encode_throughput"}
+    result["engine_comparison"] = comparison
+    write_result(args.out, result)
+    print(json.dumps(comparison["rows"], indent=1))
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=("pipeline", "engines"), default="pipeline",
+                        help="pipeline: bare vs Dask pipeline (default); engines: torch vs OpenVINO, whole encoder")
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[128], help="engines mode: input sides")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (engines mode: 3; --integrity-cost: 5, at least 3)")
+    parser.add_argument("--calibration-images", type=int, default=128, help="engines mode: BatchNorm calibration images")
+    parser.add_argument("--checkpoint", type=Path, help="engines mode: a trained checkpoint (else a calibrated random model)")
+    parser.add_argument("--no-map", action="store_true", help="engines mode: skip the dev-set mAP of a trained checkpoint")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--n-large", type=int, default=4000)
     parser.add_argument("--unique-phantoms", type=int, default=500)
-    parser.add_argument("--engine-images", type=int, default=64)
-    parser.add_argument("--engine-threads", type=int, default=1, help="torch threads for the engine comparison")
+    parser.add_argument("--engine-images", type=int, help="images of the engine comparison [pipeline mode 64, engines mode 96]")
+    parser.add_argument("--engine-threads", type=int,
+                        help="torch (and OpenVINO) threads for the engine comparison [pipeline mode 1, engines mode all cores]")
     parser.add_argument("--bare-images", type=int, default=128, help="images for the bare rate (0: all --n)")
     parser.add_argument("--adjacent-bare-images", type=int, default=64, help="bare rate re-measured before each row")
     parser.add_argument("--shard-size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=RESULTS / "encode_throughput.json")
     parser.add_argument("--integrity-cost", action="store_true", help="only measure the checksums' and metadata's cost")
-    parser.add_argument("--repeats", type=int, default=5, help="--integrity-cost: interleaved repeats (at least 3)")
     args = parser.parse_args()
     if args.integrity_cost:
-        cost = integrity_cost(min(args.n, 400), max(3, args.repeats))
+        cost = integrity_cost(min(args.n, 400), max(3, args.repeats or 5))
         merged = json.loads(args.out.read_text()) if args.out.exists() else {}
         merged["integrity_cost"] = cost
         write_text_atomic(args.out, json.dumps(merged, indent=1) + "\n")  # the file's own layout: a small diff
         print(json.dumps(cost, indent=1))
         return
+    if args.mode == "engines":
+        args.repeats = args.repeats or 3
+        args.engine_images = args.engine_images or 96
+        engines_main(args)
+        return
+    args.engine_images = 64 if args.engine_images is None else args.engine_images
+    args.engine_threads = args.engine_threads or 1
 
     from medhash.data.decode import read_image
     from medhash.model.runtime import default_precision

@@ -1,8 +1,11 @@
-"""What an image encoder gives and what workflows need of one: `EncodeResult` and the `ImageEncoder` protocol.
+"""What an image encoder gives and what workflows need of one: `EncodeResult`, the `ImageEncoder`
+protocol and the engines an encoder can run on (`ENGINES`).
 
 Torch-free on purpose: the server, the query and evaluation workflows and tests with stand-in
 encoders type against this contract, not against `medhash.model.HashEncoder`, so that only the
 code that loads a checkpoint needs the model layer (and torch). HashEncoder satisfies the protocol.
+The engine registry is plain data for the same reason: the CLI offers its names as choices
+without importing torch, and medhash.model.encoder turns a name into a runtime.
 """
 
 from __future__ import annotations
@@ -12,7 +15,29 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-__all__ = ["EncodeResult", "ImageEncoder"]
+__all__ = ["ENGINES", "EncodeResult", "EngineSpec", "ImageEncoder"]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How an engine runs the model: which runtime, at what precision, in which memory layout."""
+
+    runtime: str  # "torch", or "openvino" (the model exported to OpenVINO; the optional extra)
+    precision: str  # "fp32", "bf16" or "fp16" (a key of medhash.model.runtime.PRECISIONS)
+    channels_last: bool = False  # torch only: weights and activations in channels_last
+    cuda_only: bool = False
+    cpu_only: bool = False
+
+
+# engine name -> how it runs; `auto` (not listed) picks the fastest torch precision the device has.
+ENGINES: dict[str, EngineSpec] = {
+    "fp32": EngineSpec("torch", "fp32"),
+    "fp32-cl": EngineSpec("torch", "fp32", channels_last=True),
+    "bf16": EngineSpec("torch", "bf16", channels_last=True),
+    "fp16": EngineSpec("torch", "fp16", channels_last=True, cuda_only=True),
+    "openvino-fp32": EngineSpec("openvino", "fp32", cpu_only=True),
+    "openvino-bf16": EngineSpec("openvino", "bf16", cpu_only=True),
+}
 
 
 @dataclass

@@ -87,3 +87,7 @@ class GpuUnavailableError(MedhashError):
 
 class ArchiveAccessError(MedhashError):
     """The server will not read an archived image: no archive root, outside it, or missing."""
+
+
+class EngineUnavailableError(MedhashError):
+    """An encoder engine cannot run here: its optional extra is not installed, or the device does not fit it."""

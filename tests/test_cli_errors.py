@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from medhash.cli import main
-from medhash.cli.options import BACKBONE_NAMES, BITS_RANGE, ENGINE_NAMES
+from medhash.cli.options import BACKBONE_NAMES, BITS_RANGE
 from medhash.data.labels import read_label_table, report_label_problems
 from medhash.errors import CheckpointError, LabelTableError
 from medhash.model.checkpoint import read_checkpoint
@@ -54,10 +54,12 @@ def test_train_unknown_backbone_lists_the_known_ones(labels_csv, tmp_path):
 def test_cli_lists_agree_with_the_registries():
     from medhash.model.backbone import BACKBONES
     from medhash.model.config import ModelConfig
+    from medhash.cli.model_cmds import evaluate_cmd
     from medhash.model.encoder import ENGINES
 
     assert sorted(BACKBONE_NAMES) == sorted(BACKBONES)
-    assert sorted(ENGINE_NAMES) == sorted([*ENGINES, "auto"])
+    engine = next(p for p in evaluate_cmd.params if p.name == "engine")
+    assert sorted(engine.type.choices) == sorted([*ENGINES, "auto"])
     ModelConfig(bits=BITS_RANGE[0]), ModelConfig(bits=BITS_RANGE[1])
     with pytest.raises(ValueError):
         ModelConfig(bits=BITS_RANGE[1] + 8)

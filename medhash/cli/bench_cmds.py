@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from medhash.cli.options import int_list
+from medhash.cli.options import engine_option, int_list
 
 
 def _positive_ints(ctx, param, value: str) -> tuple[int, ...]:
@@ -40,7 +40,7 @@ def _positive_ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Score only the first N queries.")
 @click.option("--no-search-only", is_flag=True, help="Skip the search-by-code latency.")
 @click.option("--no-plots", is_flag=True)
-@click.option("--engine", default="auto", show_default=True, help="In process: fp32, fp32-cl, bf16, fp16 or auto.")
+@engine_option()
 @click.option("--device", default="cpu", show_default=True, help="In process: torch device.")
 @click.option("--threads", "torch_threads", type=click.IntRange(min=1), default=None, help="In process: torch threads.")
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=1), default=600.0, show_default=True,

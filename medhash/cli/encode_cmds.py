@@ -12,6 +12,9 @@ from pathlib import Path
 
 import click
 
+from medhash.cli.options import engine_option
+
+
 EXIT_SOME_FAILED = 3
 SECRET_ENV = "MEDHASH_PATIENT_KEY_SECRET"
 
@@ -54,7 +57,7 @@ def _columns(text: str | None) -> tuple[str, ...] | None:
 @click.option("--torch-threads", type=click.IntRange(min=1), default=None, help="Torch threads per task [default: host cores / task slots].")
 @click.option("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler (no LocalCluster is started).")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--engine", default="auto", show_default=True, help="auto, fp32, fp32-cl, bf16 (+channels_last), fp16 (CUDA).")
+@engine_option()
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--decode-threads", default=2, show_default=True, type=click.IntRange(min=1), help="Decoding threads per task.")
 @click.option("--store-features", is_flag=True, help="Also store the fused float features (float16).")

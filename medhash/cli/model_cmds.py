@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from medhash.cli.options import BACKBONE_NAMES, ENGINE_NAMES, HashBits, int_list
+from medhash.cli.options import BACKBONE_NAMES, HashBits, engine_option, int_list
 
 
 @click.command("train")
@@ -75,7 +75,7 @@ def train_cmd(labels, image_root, out, bits, backbone, global_size, local_size, 
 @click.option("--query-folds", default="4", show_default=True, help="Folds used as queries; the rest is the database.")
 @click.option("-k", "ks", multiple=True, type=click.IntRange(min=1), default=(10, 100), show_default=True, help="Cut-offs for mAP@k, P@k, R@k.")
 @click.option("--boxes", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Reference box table(s) for the pointing game.")
-@click.option("--engine", default="auto", show_default=True, type=click.Choice(ENGINE_NAMES))
+@engine_option()
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--strict", is_flag=True, help="Refuse a label table with problems (unknown labels, duplicate ids...).")

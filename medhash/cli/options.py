@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import click
+
+from medhash.encoding import ENGINES
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -13,10 +17,9 @@ def int_list(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
-# The names of medhash.model.backbone.BACKBONES and medhash.model.encoder.ENGINES, listed here so `--help`
-# does not import torch (tests/test_cli_errors.py checks that the lists agree).
+# The names of medhash.model.backbone.BACKBONES, listed here so `--help` does not import torch
+# (tests/test_cli_errors.py checks that the lists agree). Engine names come from medhash.encoding.
 BACKBONE_NAMES = ("densenet121", "tiny")
-ENGINE_NAMES = ("auto", "fp32", "fp32-cl", "bf16", "fp16")
 BITS_RANGE = (8, 256)  # medhash.model.config.ModelConfig: a multiple of 8 in this range
 
 
@@ -34,3 +37,10 @@ class HashBits(click.ParamType):
         if bits % 8 or not low <= bits <= high:
             self.fail(f"{bits} is not a multiple of 8 in [{low}, {high}]", param, ctx)
         return bits
+
+
+def engine_option(default: str = "auto") -> Callable:
+    """`--engine`: auto or a name in the encoder's engine registry (medhash.encoding.ENGINES, torch-free)."""
+    return click.option("--engine", default=default, show_default=True, type=click.Choice(["auto", *ENGINES]),
+                        help="Encoder engine: auto (fastest torch precision of the device), fp32, fp32-cl, bf16 "
+                             "(+channels_last), fp16 (CUDA), openvino-fp32 / openvino-bf16 (CPU; extra 'openvino').")

@@ -8,7 +8,7 @@ import os
 
 import click
 
-from medhash.cli.options import ENGINE_NAMES
+from medhash.cli.options import engine_option
 
 
 @click.command("serve")
@@ -22,7 +22,7 @@ from medhash.cli.options import ENGINE_NAMES
 @click.option("--archive-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of the archived images; thumbnails are served only from under it (none without it).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--engine", default="auto", show_default=True, type=click.Choice(ENGINE_NAMES), help="auto: the fastest.")
+@engine_option()
 @click.option("--threads", "torch_threads", type=click.IntRange(min=1), default=None, help="Torch threads (default: all cores).")
 @click.option("--mmap", is_flag=True, help="Memory-map the index where its kind allows.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=32.0, show_default=True)

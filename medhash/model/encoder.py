@@ -1,9 +1,13 @@
 """HashEncoder: the one inference path (`encode`) that the pipeline, the query workflows and the server use.
 
-It wraps a trained AGHashNet with an execution engine picked from a registry:
-fp32, or bf16 autocast + channels_last (the fast path on CPUs with bf16 matrix units and on GPUs).
-It satisfies medhash.encoding.ImageEncoder, the contract its callers type against; EncodeResult
-lives there (torch-free) and is re-exported here.
+It wraps a trained AGHashNet with an execution engine picked from the registry
+medhash.encoding.ENGINES (torch-free, re-exported here): torch at fp32, or bf16 autocast +
+channels_last (the fast path on CPUs with bf16 matrix units and on GPUs), or the model's two halves
+exported to OpenVINO (`openvino-fp32`, `openvino-bf16`; medhash.model.openvino_engine), with the
+saliency crop between them run by the same torch/numpy code. An OpenVINO engine is exported and
+compiled lazily, on the first batch, then kept with the encoder; loaded from a checkpoint, its
+export is also cached beside it (medhash.model.export). It satisfies medhash.encoding.ImageEncoder,
+the contract its callers type against; EncodeResult lives there (torch-free) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -14,42 +18,47 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from medhash.encoding import EncodeResult  # re-exported: medhash.model.EncodeResult
+from medhash.encoding import ENGINES, EncodeResult  # re-exported: medhash.model.ENGINES / EncodeResult
 from medhash.errors import InvalidParameterError
 from medhash.model.checkpoint import load_model
-from medhash.model.hashnet import AGHashNet, pack_codes
-from medhash.model.runtime import autocast, default_precision
+from medhash.model.export import export_halves, require_openvino
+from medhash.model.hashnet import AGHashNet, ModelOutput, pack_codes
+from medhash.model.openvino_engine import OpenVINOForward
+from medhash.model.runtime import PRECISIONS, autocast, default_precision
 
-
-# engine name -> (autocast dtype, channels_last)
-ENGINES: dict[str, tuple[torch.dtype | None, bool]] = {
-    "fp32": (None, False),
-    "fp32-cl": (None, True),
-    "bf16": (torch.bfloat16, True),
-    "fp16": (torch.float16, True),  # CUDA only
-}
+__all__ = ["ENGINES", "EncodeResult", "HashEncoder", "load_encoder"]
 
 
 class HashEncoder:
     def __init__(self, model: AGHashNet, model_id: str, device: str | torch.device = "cpu",
-                 engine: str = "auto", batch_size: int = 32, extra: dict | None = None):
+                 engine: str = "auto", batch_size: int = 32, extra: dict | None = None,
+                 export_cache: str | Path | None = None):
+        """export_cache: a folder where an OpenVINO engine may keep the model's export (keyed by model_id)."""
         self.device = torch.device(device)
         self.engine = default_precision(self.device) if engine == "auto" else engine
         if self.engine not in ENGINES:
             raise InvalidParameterError(f"unknown engine {self.engine!r}; known: {sorted(ENGINES)} or 'auto'")
-        self.autocast_dtype, channels_last = ENGINES[self.engine]
-        if self.engine == "fp16" and self.device.type != "cuda":
-            raise InvalidParameterError("engine fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        self.spec = ENGINES[self.engine]
+        if self.spec.cuda_only and self.device.type != "cuda":
+            raise InvalidParameterError(f"engine {self.engine} needs a CUDA device; use bf16 or fp32 on the CPU")
+        if self.spec.cpu_only and self.device.type != "cpu":
+            raise InvalidParameterError(f"engine {self.engine} runs on the CPU only; use bf16 or fp16 on {self.device.type}")
+        if self.spec.runtime == "openvino":
+            require_openvino()  # fail at load, with the extra's name, not on the first batch
+        self.autocast_dtype = PRECISIONS[self.spec.precision]
         self.model = model.eval().to(self.device)
-        self.model.use_channels_last(channels_last)
+        self.model.use_channels_last(self.spec.channels_last)
         self.model_id = model_id
         self.batch_size = batch_size
         self.extra = extra or {}
+        self.export_cache = export_cache
+        self._openvino: OpenVINOForward | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", engine: str = "auto", batch_size: int = 32) -> "HashEncoder":
         model, payload = load_model(path)
-        return cls(model, payload["model_id"], device, engine, batch_size, payload.get("extra"))
+        return cls(model, payload["model_id"], device, engine, batch_size, payload.get("extra"),
+                   export_cache=Path(f"{path}.openvino"))
 
     @property
     def config(self):
@@ -74,8 +83,7 @@ class HashEncoder:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             chunk = chunk.to(self.device) if isinstance(chunk, torch.Tensor) else [t.to(self.device) for t in chunk]
-            with autocast(self.device, self.autocast_dtype):
-                out = self.model(chunk, stage="full")
+            out = self._forward(chunk)
             parts.append(EncodeResult(
                 codes=pack_codes(out.hash),
                 boxes=out.boxes,
@@ -89,6 +97,15 @@ class HashEncoder:
                                 np.zeros((0, s, s), np.float32), np.zeros((0, len(self.classes)), np.float32),
                                 np.zeros((0, self.config.fusion_dim), np.float32) if with_features else None)
         return EncodeResult.concat(parts)
+
+    def _forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> ModelOutput:
+        if self.spec.runtime == "openvino":
+            if self._openvino is None:
+                halves = export_halves(self.model, self.export_cache, self.model_id)
+                self._openvino = OpenVINOForward(self.model, halves, self.spec.precision)
+            return self._openvino(images)
+        with autocast(self.device, self.autocast_dtype):
+            return self.model(images, stage="full")
 
     def encode_images(self, images: Sequence[np.ndarray], with_features: bool = False) -> EncodeResult:
         """Decoded [H, W] float32 arrays in [0, 1] (any sizes) -> EncodeResult (boxes in each source's pixels)."""

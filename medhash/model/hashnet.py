@@ -87,8 +87,12 @@ class AGHashNet(nn.Module):
     def global_branch(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B,1,S,S] in [0,1] -> (feature maps, pooled features, logits)."""
         feats = self.global_backbone(self._to_layout(self._normalize(x01)))
+        return (feats, *self.global_head(feats))
+
+    def global_head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global feature maps -> (pooled features, logits)."""
         pooled = feats.float().mean(dim=(2, 3))
-        return feats, pooled, self.global_classifier(pooled)
+        return pooled, self.global_classifier(pooled)
 
     def local_branch(self, crops01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B,1,L,L] crops in [0,1] -> (pooled features, logits)."""
@@ -99,14 +103,23 @@ class AGHashNet(nn.Module):
     def saliency_and_boxes(
         self, feats: torch.Tensor, logits: torch.Tensor, source_sizes: Sequence[tuple[int, int]]
     ) -> tuple[torch.Tensor, np.ndarray]:
-        cfg = self.config
         with torch.no_grad():
-            cam = class_activation_maps(feats, self.global_classifier, torch.sigmoid(logits.float()), cfg.cam_top_k, self._no_finding)
-            maps = normalize_maps(cam, cfg.global_size)
-        boxes = boxes_from_maps(maps.cpu().numpy(), cfg.tau, cfg.min_box_frac, cfg.margin_frac)
+            maps = self.saliency_maps(feats, logits)
+        return maps, self.source_boxes(maps.cpu().numpy(), source_sizes)
+
+    def saliency_maps(self, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Global feature maps and logits -> [B, S, S] class activation maps in [0, 1]."""
+        cfg = self.config
+        cam = class_activation_maps(feats, self.global_classifier, torch.sigmoid(logits.float()), cfg.cam_top_k, self._no_finding)
+        return normalize_maps(cam, cfg.global_size)
+
+    def source_boxes(self, maps: np.ndarray, source_sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+        """[B, S, S] saliency maps -> int32 [B, 4] crop boxes in each source image's pixels."""
+        cfg = self.config
+        boxes = boxes_from_maps(maps, cfg.tau, cfg.min_box_frac, cfg.margin_frac)
         grid = (cfg.global_size, cfg.global_size)
         source_boxes = np.stack([scale_boxes(b, grid, hw) for b, hw in zip(boxes, source_sizes)]) if len(boxes) else boxes
-        return maps, source_boxes.astype(np.int32)
+        return source_boxes.astype(np.int32)
 
     def hash_head(self, pooled: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pooled branch features -> (fused, tanh hash values, class logits on the hash layer)."""

@@ -27,7 +27,7 @@ def class_activation_maps(
     scores = probs.detach().float().clone()
     if exclude_class is not None:
         scores[:, exclude_class] = -1.0
-    k = max(1, min(top_k, scores.shape[1] - (exclude_class is not None)))
+    k = max(1, min(top_k, scores.shape[1] - int(exclude_class is not None)))
     top_p, top_i = scores.topk(k, dim=1)
     weights = top_p.clamp_min(0.0)
     weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
