@@ -16,6 +16,14 @@ def shorten(text: object, limit: int = ECHO_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def one_line(exc: BaseException) -> str:
+    """The error as one line: an OSError as "path: reason", anything else as its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class MedhashError(Exception):
     """Base of every error medhash raises on purpose."""
 

@@ -134,9 +134,9 @@ def test_http_bench_matches_in_process(spread, in_process_report, tmp_path):
 
 def test_cli_bench_prints_summary(spread, tmp_path):
     archive = spread["archive"]
-    args = ["bench", "--index", str(spread["index"]), "--model", str(archive.model_path), "--queries",
-            str(archive.labels_csv), "--out", str(tmp_path), "--requests", "4", "--concurrency", "1,2", "--ks", "5",
-            "--engine", "fp32", "--threads", "1", "--no-plots"]
+    args = ["bench", "--index", str(spread["index"]), "--model", str(archive.model_path), "--labels",
+            str(archive.labels_csv), "--out", str(tmp_path), "--requests", "4", "--concurrency", "1,2", "--cutoffs", "5",
+            "--engine", "fp32", "--torch-threads", "1", "--no-plots"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "mAP (tie-aware)" in result.output and "P@5" in result.output and "end_to_end" in result.output

@@ -70,7 +70,7 @@ def test_query_cli_json_and_wrong_model_refused(archive, tmp_path):
     image = read_label_table(data / "labels.csv").records[0].path
     out = CliRunner().invoke(main, ["query", "--index", str(root / "index"), "--model", str(model_path), str(image), "-k", "3", "--json"])
     assert out.exit_code == 0, out.output
-    payload = json.loads(out.output)
+    payload = json.loads(out.stdout)["results"]
     assert payload[0]["hits"][0]["distance"] == 0 and len(payload[0]["hits"]) >= 3
     other = tmp_path / "other.pt"
     torch.manual_seed(1)

@@ -393,15 +393,15 @@ def test_cli_build_add_remove_info(data, tmp_path):
     result = runner.invoke(index_group, ["build", "--codes", str(folder), "--out", str(idx), "--kind", "ivf",
                                          "--param", "nlist=8", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["params"]["nlist"] == 8
+    assert json.loads(result.stdout)["params"]["nlist"] == 8
     write_codes(tmp_path / "more", codes[:2] ^ np.uint8(255), ["n1", "n2"])
     result = runner.invoke(index_group, ["add", "--index", str(idx), "--codes", str(tmp_path / "more")])
     assert result.exit_code == 0 and "added 2" in result.output
     (tmp_path / "ids.txt").write_text(f"# ids to drop\n{ids[0]}\n\nn1\n")
     result = runner.invoke(index_group, ["remove", "--index", str(idx), "--ids", str(tmp_path / "ids.txt"), "--json"])
-    assert result.exit_code == 0 and json.loads(result.output)["removed"] == 2
+    assert result.exit_code == 0 and json.loads(result.stdout)["removed"] == 2
     result = runner.invoke(index_group, ["info", "--index", str(idx), "--json"])
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     assert info["count"] == len(codes) and info["kind"] == "ivf" and info["checksums_verified"]
     result = runner.invoke(main, ["index", "add", "--index", str(idx), "--codes", str(tmp_path / "more")])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "duplicate image id(s): n2" in result.output
@@ -479,7 +479,7 @@ def test_query_cli_json(model_and_archive):
     result = CliRunner().invoke(query_cmd, ["--index", str(root / "idx"), "--model", str(model_path), str(paths[0]),
                                             "-k", "3", "--json"])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)["results"]
     assert out[0]["hits"][0]["image_id"] == "case00" and len(out[0]["hits"]) == 3
     table = CliRunner().invoke(query_cmd, ["--index", str(root / "idx"), "--model", str(model_path), str(paths[0])])
     assert "case00" in table.output and "distance" in table.output

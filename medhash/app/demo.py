@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,11 @@ class DemoConfig:
     image_size: int = 128
     bits: int = 32
     seed: int = 0
+    epoch_scale: float = 1.0  # fraction of the training epochs below (tests run a shortened demo)
+    bench_requests: int = 96  # benchmark requests per concurrency level
+
+    def epochs(self, full: int) -> int:
+        return max(1, round(full * self.epoch_scale)) if self.epoch_scale > 0 else 0
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
@@ -55,16 +61,20 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     pixels = np.stack([read_image(r.path) for r in table.records[:16]])
     summary["phantoms"] = {"images": len(table), "problems": len(table.problems),
                            "classes": {k: v for k, v in table.class_counts().items() if v}}
-    echo(f"      read back {len(table)} images, {len(table.problems)} problems; pixel mean {pixels.mean():.3f}; "
-         f"classes {summary['phantoms']['classes']}")
+    echo(f"      read back {len(table)} images, {len(table.problems)} problems; pixel mean {pixels.mean():.3f}")
+    classes = ", ".join(f"{name} {count}" for name, count in summary["phantoms"]["classes"].items())
+    for line in textwrap.wrap(f"classes: {classes}", 110):
+        echo(f"      {line}")
 
     echo(f"[2/7] training a small {config.bits}-bit model (global -> saliency crop -> local -> hash head)")
     model_path = out / "model.pt"
     model = ModelConfig(backbone="tiny", bits=config.bits, global_size=64, local_size=64, fusion_dim=128)
     result = train(TrainConfig(labels=str(data / "labels.csv"), out=str(model_path), model=model, load_size=config.image_size,
-                               epochs_global=10, epochs_local=6, epochs_hash=40, lr=1e-3, val_folds=(4,), seed=config.seed))
+                               epochs_global=config.epochs(10), epochs_local=config.epochs(6),
+                               epochs_hash=config.epochs(40), lr=1e-3, val_folds=(4,), seed=config.seed))
     summary["train"] = {"model_id": result.model_id, "val_map_tie_aware": result.val_map, "seconds": result.seconds.get("total")}
-    echo(f"      model {result.model_id}: validation tie-aware mAP {result.val_map:.4f} in {result.seconds.get('total', 0):.0f} s")
+    val_map = f"{result.val_map:.4f}" if result.val_map is not None else "n/a"
+    echo(f"      model {result.model_id}: validation tie-aware mAP {val_map} in {result.seconds.get('total', 0):.0f} s")
 
     echo("[3/7] evaluating: fold 4 queries against folds 0-3, Hamming ranking")
     report = evaluate_model(EvaluateConfig(model=str(model_path), labels=str(data / "labels.csv"), query_folds=(4,),
@@ -78,7 +88,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
 
     echo("[4/7] encoding every phantom with the Dask pipeline into sharded Parquet")
     job = run_encode(EncodeJobConfig(model=str(model_path), out=str(out / "codes"), inputs=(str(data / "images"),),
-                                     labels=str(data / "labels.csv"), shard_size=200, workers=1, progress=False,
+                                     labels=str(data / "labels.csv"), shard_size=200, workers=1,
                                      dashboard=False, overwrite=True))
     summary["encode"] = {"encoded": job.encoded, "failed": job.failed, "shards": job.shards, "images_per_s": job.images_per_s}
     echo(f"      {job.encoded} encoded, {job.failed} failed, {job.shards} shards, {job.images_per_s:.0f} images/s")
@@ -102,7 +112,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     summary["query"] = {"precision_at_5": float(np.mean(precisions)), "overlays": len(list((out / "overlays").glob("*.png")))}
 
     echo("[7/7] serving the index on 127.0.0.1 for a moment and benchmarking it over HTTP (medhash bench --url)")
-    bench = serve_and_bench(out, data / "labels.csv", model_path)
+    bench = serve_and_bench(out, data / "labels.csv", model_path, config.bench_requests)
     summary["bench"] = bench_summary(bench)
     q, lat = summary["bench"], {r["concurrency"]: r for r in bench["latency"]["end_to_end"]}
     echo(f"      mAP over HTTP {q['map_tie_aware']:.4f} ({q['n_queries']} fold-4 queries, whole archive ranked); "
@@ -117,7 +127,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     e2e1 = lat[min(lat)]
     echo(f"done in {summary['seconds']:.0f} s: mAP {r['map_tie_aware']:.4f} (tie-aware), query P@5 "
          f"{summary['query']['precision_at_5']:.2f}, search latency p50 {e2e1['p50_ms']:.1f} ms end to end.\n"
-         f"open {report} for the overlays, hits and plots; summary in {out / 'summary.json'}")
+         f"open {report} for the overlays, hits and plots\nsummary in {out / 'summary.json'}")
     return summary
 
 
@@ -134,13 +144,13 @@ def fold_table(labels_csv: Path, fold: int, out: Path) -> Path:
     return out
 
 
-def serve_and_bench(out: Path, labels_csv: Path, model_path: Path) -> dict:
+def serve_and_bench(out: Path, labels_csv: Path, model_path: Path, requests: int = 96) -> dict:
     """`medhash serve` in a background thread on a free loopback port, measured by `medhash bench --url`."""
     queries = fold_table(labels_csv, 4, out / "queries-fold4.csv")
     service = SearchService.open(ServeConfig(index=str(out / "index"), model=str(model_path), archive_root=str(out)))
     with serve_in_background(service) as url:
         return run_bench(BenchConfig(queries=str(queries), out=str(out / "bench"), url=url, image_root=str(labels_csv.parent),
-                                     concurrency=(1, 4, 16), requests=96, time_limit_s=120))
+                                     concurrency=(1, 4, 16), requests=requests, time_limit_s=120))
 
 
 def bench_summary(bench: dict) -> dict:

@@ -22,7 +22,7 @@ h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid
 table{border-collapse:collapse}td,th{padding:.25rem .7rem;border-bottom:1px solid #eef1f4;text-align:left}
 .row{display:flex;gap:.8rem;flex-wrap:wrap;align-items:flex-start;margin:.6rem 0 1.4rem}
 figure{margin:0;width:150px}figure img{width:150px;image-rendering:pixelated;border:1px solid #d5dbe2;border-radius:4px}
-figcaption{font-size:12px;color:#4a5563}.query img{border:2px solid #1f5fbf}.plots img{max-width:520px;border:0}
+figcaption{font-size:12px;color:#4a5563}.query img{border:2px solid #1f5fbf}.plots img{display:block;width:100%;max-width:1000px;margin:0 0 1rem;border:0}
 .chip{display:inline-block;background:#eef2f7;border-radius:9px;padding:0 6px;margin:1px;font-size:11px}
 """
 

@@ -111,9 +111,12 @@ def precision_recall_by_radius(rankings: list[Ranking], bits: int, complete: boo
 
     Precision averages over the queries that retrieve something at r, recall over those with a
     relevant item. A truncated ranking gives radii only up to the smallest last distance of any
-    query's prefix, and no recall (its denominator lies beyond the prefix)."""
+    query's prefix, and no recall (its denominator lies beyond the prefix). `base_rate` is the chance
+    level: the mean share of relevant items in the whole archive (what a random ranking's precision
+    is at every depth); known only for complete rankings."""
     if not rankings:
-        return {"radius": [], "precision": [], "recall": None, "queries_retrieving": [], "complete": complete}
+        return {"radius": [], "precision": [], "recall": None, "queries_retrieving": [], "complete": complete,
+                "base_rate": None}
     retrieved = np.zeros((len(rankings), bits + 1))
     relevant = np.zeros((len(rankings), bits + 1))
     for i, r in enumerate(rankings):
@@ -123,8 +126,10 @@ def precision_recall_by_radius(rankings: list[Ranking], bits: int, complete: boo
     retrieving = retrieved[:, : top + 1] > 0
     precision = np.where(retrieving, relevant[:, : top + 1] / np.maximum(retrieved[:, : top + 1], 1), np.nan)
     curve = {"radius": list(range(top + 1)), "precision": _column_means(precision),
-             "recall": None, "queries_retrieving": retrieving.sum(axis=0).tolist(), "complete": complete}
+             "recall": None, "queries_retrieving": retrieving.sum(axis=0).tolist(), "complete": complete,
+             "base_rate": None}
     if complete:
+        curve["base_rate"] = round(float(np.mean(relevant[:, -1] / np.maximum(retrieved[:, -1], 1))), 6)
         total = relevant[:, -1:]
         answerable = np.broadcast_to(total > 0, relevant.shape)
         curve["recall"] = _column_means(np.where(answerable, relevant / np.maximum(total, 1), np.nan))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
-from medhash.cli.options import engine_option, int_list
+from medhash.cli.options import MedhashCommand, cutoffs_option, emit, engine_option, int_list, json_option
+
+log = logging.getLogger("medhash.cli")
 
 
 def _positive_ints(ctx, param, value: str) -> tuple[int, ...]:
@@ -16,14 +19,15 @@ def _positive_ints(ctx, param, value: str) -> tuple[int, ...]:
     return numbers
 
 
-@click.command("bench")
+@click.command("bench", cls=MedhashCommand,
+               renamed={"--queries": "--labels", "--ks": "--cutoffs", "--threads": "--torch-threads"})
 @click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="In process: the index folder (with --model).")
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="In process: the checkpoint whose model_id matches the index.")
 @click.option("--url", default=None, help="A running `medhash serve`, e.g. http://127.0.0.1:8000 (instead of --index/--model).")
 @click.option("--token", envvar="MEDHASH_TOKEN", default=None, help="Bearer token of the server (or MEDHASH_TOKEN).")
-@click.option("--queries", "queries_csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--labels", "queries_csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Labeled query set: a label table (image_id,file,patient_id,labels[,dev_fold] or NIH format).")
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Where the table's relative paths resolve (default: its folder).")
@@ -34,23 +38,27 @@ def _positive_ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--requests", "n_requests", type=click.IntRange(min=0), default=200, show_default=True,
               help="Requests per concurrency level (image uploads, and as many searches by code).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per latency request.")
-@click.option("--ks", default="10,100", show_default=True, callback=_positive_ints, help="k values of mAP@k and P@k.")
+@cutoffs_option()
 @click.option("--include-self", is_flag=True,
               help="Keep each query's own image (same image_id) in its ranking; by default it is left out.")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Score only the first N queries.")
 @click.option("--no-search-only", is_flag=True, help="Skip the search-by-code latency.")
-@click.option("--no-plots", is_flag=True)
+@click.option("--no-plots", is_flag=True, help="Write no PNG plots.")
 @engine_option()
 @click.option("--device", default="cpu", show_default=True, help="In process: torch device.")
-@click.option("--threads", "torch_threads", type=click.IntRange(min=1), default=None, help="In process: torch threads.")
+@click.option("--torch-threads", type=click.IntRange(min=1), default=None, help="In process: torch threads.")
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds per pass after which no new request starts.")
-def bench_cmd(index_dir, model_path, url, token, queries_csv, image_root, out_dir, concurrency, n_requests, k, ks,
-              include_self, max_queries, no_search_only, no_plots, engine, device, torch_threads, time_limit_s) -> None:
+@json_option()
+def bench_cmd(index_dir, model_path, url, token, queries_csv, image_root, out_dir, concurrency, n_requests, k, cutoffs,
+              include_self, max_queries, no_search_only, no_plots, engine, device, torch_threads, time_limit_s,
+              as_json) -> None:
     """Measure a server: mAP/mAP@k/P@k (tie-aware), latency p50/p95/p99 and throughput per concurrency.
 
     Against an index and model in this process (--index --model) or a running server (--url [--token]).
     Writes bench.json and PNG plots to --out and prints a summary."""
+    log.info("bench: %s with the queries of %s, concurrency %s, %d requests per level -> %s",
+             url or index_dir, queries_csv, ",".join(map(str, concurrency)), n_requests, out_dir)
     from medhash.bench import BenchConfig, run_bench
     from medhash.bench.summary import format_summary
 
@@ -58,14 +66,13 @@ def bench_cmd(index_dir, model_path, url, token, queries_csv, image_root, out_di
         config = BenchConfig(queries=str(queries_csv), out=str(out_dir), index=str(index_dir) if index_dir else None,
                              model=str(model_path) if model_path else None, url=url, token=token,
                              image_root=str(image_root) if image_root else None, concurrency=concurrency,
-                             requests=n_requests, k=k, ks=ks, exclude_self=not include_self, max_queries=max_queries,
+                             requests=n_requests, k=k, ks=cutoffs, exclude_self=not include_self, max_queries=max_queries,
                              search_only=not no_search_only, plots=not no_plots, engine=engine, device=device,
                              torch_threads=torch_threads, time_limit_s=time_limit_s)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     report = run_bench(config)  # unreachable server, 401, unreadable query set: MedhashGroup prints one line
-    click.echo(format_summary(report))
-    click.echo(f"wrote {out_dir / 'bench.json'}")
+    emit(as_json, report, f"{format_summary(report)}\nwrote {out_dir / 'bench.json'}")
 
 
 commands = [bench_cmd]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from medhash.cli.options import MedhashCommand
+
 
 def _parse_probs(values: tuple[str, ...]) -> dict[str, float]:
     probs = {}
@@ -20,13 +22,15 @@ def _parse_probs(values: tuple[str, ...]) -> dict[str, float]:
     return probs
 
 
-@click.command("phantoms")
+@click.command("phantoms", cls=MedhashCommand)
 @click.option("--n", "n", type=click.IntRange(min=0), default=500, show_default=True, help="Number of images.")
 @click.option("--size", type=click.IntRange(min=32), default=256, show_default=True, help="Image side in pixels.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write: images/, labels.csv, boxes.csv.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator (same seed, same images).")
 @click.option("--folds", type=click.IntRange(min=1), default=5, show_default=True, help="dev_fold count (by patient).")
-@click.option("--max-findings", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--max-findings", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Most findings one phantom carries.")
 @click.option("--noise", type=click.FloatRange(min=0), default=0.02, show_default=True, help="Pixel noise std.")
 @click.option(
     "--prob",

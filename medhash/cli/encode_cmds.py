@@ -7,13 +7,16 @@ Exit status: 0 when every planned input was encoded (files skipped by rule are n
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from medhash.cli.options import engine_option
+from medhash.cli.options import MedhashCommand, emit, engine_option, json_option, progress_option
 
+log = logging.getLogger("medhash.cli")
 
 EXIT_SOME_FAILED = 3
 SECRET_ENV = "MEDHASH_PATIENT_KEY_SECRET"
@@ -35,7 +38,7 @@ def _columns(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(c.strip() for c in text.split(",") if c.strip())
 
 
-@click.command("encode")
+@click.command("encode", cls=MedhashCommand)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint from `medhash train`.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (part-NNNNN.parquet, _manifest.json).")
@@ -56,21 +59,24 @@ def _columns(text: str | None) -> tuple[str, ...] | None:
 @click.option("--threads-per-worker", default=1, show_default=True, type=click.IntRange(min=1), help="Dask task slots per worker.")
 @click.option("--torch-threads", type=click.IntRange(min=1), default=None, help="Torch threads per task [default: host cores / task slots].")
 @click.option("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler (no LocalCluster is started).")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where the model runs (cuda: one worker per GPU).")
 @engine_option()
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--decode-threads", default=2, show_default=True, type=click.IntRange(min=1), help="Decoding threads per task.")
 @click.option("--store-features", is_flag=True, help="Also store the fused float features (float16).")
 @click.option("--overwrite", is_flag=True, help="Delete this folder's earlier outputs and start afresh.")
 @click.option("--bytes-column", help="Parquet inputs: the column with image bytes [default: detected].")
 @click.option("--id-column", help="Parquet inputs: the column with image ids [default: image_id/id/key if present].")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@progress_option("bar")
+@json_option()
 def encode_cmd(inputs, model, out, labels, image_root, columns, no_dicom_meta, patient_key_secret_file, id_from,
                follow_symlinks, strict, shard_size, workers, threads_per_worker, torch_threads, scheduler, device, engine,
-               batch_size, decode_threads, store_features, overwrite, bytes_column, id_column, no_progress):
+               batch_size, decode_threads, store_features, overwrite, bytes_column, id_column, progress, as_json):
     """Encode INPUT... (folders, globs, path lists, .tar shards, .parquet tables) into sharded Parquet codes; resumable.
 
     Exits 3 when some inputs failed (the rest is encoded; see the folder's _errors/)."""
+    log.info("encode: %d input(s) into %s with model %s (starting the Dask workers)", len(inputs), out, model)
     from medhash.pipeline import EncodeJobConfig, run_encode
 
     config = EncodeJobConfig(model=model, out=out, inputs=tuple(inputs), labels=labels, image_root=image_root,
@@ -80,16 +86,17 @@ def encode_cmd(inputs, model, out, labels, image_root, columns, no_dicom_meta, p
                              overwrite=overwrite, bytes_column=bytes_column, id_column=id_column, id_from=id_from,
                              follow_symlinks=follow_symlinks, columns=_columns(columns), dicom_meta=not no_dicom_meta,
                              patient_secret=_patient_secret(patient_key_secret_file), strict_labels=strict,
-                             progress=not no_progress)
+                             progress=progress)
     summary = run_encode(config)
     failed = ", ".join(f"{k} {n}" for k, n in summary.failed_by_kind.items())
     skipped = ", ".join(f"{k} {n}" for k, n in summary.skipped_by_reason.items())
     speed = f"{summary.images_per_s:.1f} images/s" if summary.shards_run else "nothing left to encode"
-    click.echo(f"{summary.found} files found: {summary.encoded} encoded, {summary.failed} failed{f' ({failed})' if failed else ''}, "
+    text = (f"{summary.found} files found: {summary.encoded} encoded, {summary.failed} failed{f' ({failed})' if failed else ''}, "
                f"{summary.skipped} skipped{f' ({skipped})' if skipped else ''}; "
                f"{summary.shards} shards ({summary.shards_skipped} already done, {summary.shards_run} run); "
-               f"model {summary.model_id}, {summary.bits} bits, engine {summary.engine}; {speed}; {summary.seconds:.0f} s")
-    click.echo(f"wrote {summary.manifest}")
+               f"model {summary.model_id}, {summary.bits} bits, engine {summary.engine}; {speed}; {summary.seconds:.0f} s\n"
+            f"wrote {summary.manifest}")
+    emit(as_json, {**asdict(summary), "exit_status": EXIT_SOME_FAILED if summary.failed else 0}, text)
     if summary.failed:
         click.echo(f"{summary.failed} input(s) failed: see {Path(summary.out_dir) / '_errors'} "
                    f"(exit status {EXIT_SOME_FAILED})", err=True)

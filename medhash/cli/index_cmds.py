@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 import click
 
+from medhash.cli.options import MedhashCommand, emit, json_option
 from medhash.errors import shorten
+
+log = logging.getLogger("medhash.cli")
 
 # The names of medhash.index.kinds.KINDS, listed here so `--help` does not import pyarrow/faiss
 # (tests/test_index.py checks that the two lists agree).
@@ -48,16 +51,12 @@ def _read_id_file(path: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def _echo(data: dict, as_json: bool, summary: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else summary)
-
-
 @click.group("index")
 def index_group() -> None:
     """Build and maintain FAISS binary indexes of hash codes (a folder: index.faiss, ids.parquet, manifest.json)."""
 
 
-@index_group.command("build")
+@index_group.command("build", cls=MedhashCommand, renamed={"--threads": "--faiss-threads"})
 @click.option("--codes", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of part-NNNNN.parquet code shards.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index folder to write.")
@@ -67,27 +66,30 @@ def index_group() -> None:
               help="Override a parameter chosen from the size, e.g. --param nlist=4096 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index in OUT.")
 @click.option("--gpu", is_flag=True, help="Train the IVF quantizer on the GPU (needs faiss-gpu and a GPU).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--faiss-threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="FAISS OpenMP threads while building (more only helps on an otherwise idle machine).")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def build_cmd(codes, out, kind, params, overwrite, gpu, threads, as_json) -> None:
+@json_option()
+def build_cmd(codes, out, kind, params, overwrite, gpu, faiss_threads, as_json) -> None:
     """Build an index from Parquet code shards (streamed batch by batch)."""
+    log.info("index build: %s index of the codes in %s -> %s", kind, codes, out)
     from dataclasses import asdict
 
     from medhash.index import BuildConfig, build_index
 
     manifest = build_index(codes, out, BuildConfig(kind=kind, params=_parse_params(params), overwrite=overwrite,
-                                                   gpu=gpu, threads=threads))
-    _echo(asdict(manifest), as_json,
+                                                   gpu=gpu, threads=faiss_threads))
+    emit(as_json, asdict(manifest),
           f"built {manifest.kind} index of {manifest.count} codes ({manifest.bits} bits, model {manifest.model_id}) "
           f"in {out}; params {manifest.params}; skipped rows {manifest.skipped_rows}")
 
 
-@index_group.command("add")
-@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--codes", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@index_group.command("add", cls=MedhashCommand)
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Index folder to update.")
+@click.option("--codes", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of part-NNNNN.parquet code shards of the same model.")
 @click.option("--replace", is_flag=True, help="Image ids already indexed get their rows replaced (else: refused).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 def add_cmd(index_dir, codes, replace, as_json) -> None:
     """Add new code shards to an index (same model_id and bit length only)."""
     from dataclasses import asdict
@@ -95,15 +97,16 @@ def add_cmd(index_dir, codes, replace, as_json) -> None:
     from medhash.index import add_codes
 
     report = add_codes(index_dir, codes, replace=replace)
-    _echo(asdict(report), as_json, f"added {report.added} (replaced {len(report.replaced)}, skipped rows "
+    emit(as_json, asdict(report), f"added {report.added} (replaced {len(report.replaced)}, skipped rows "
           f"{report.skipped_rows}); index now holds {report.count}")
 
 
-@index_group.command("remove")
-@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@index_group.command("remove", cls=MedhashCommand)
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Index folder to update.")
 @click.option("--ids", "ids_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Text file, one image id per line ('#' comments and blank lines ignored).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 def remove_cmd(index_dir, ids_file, as_json) -> None:
     """Remove image ids from an index."""
     from dataclasses import asdict
@@ -111,14 +114,15 @@ def remove_cmd(index_dir, ids_file, as_json) -> None:
     from medhash.index import remove_images
 
     report = remove_images(index_dir, _read_id_file(ids_file))
-    _echo(asdict(report), as_json, f"removed {report.removed}; {len(report.missing)} id(s) were not indexed; "
+    emit(as_json, asdict(report), f"removed {report.removed}; {len(report.missing)} id(s) were not indexed; "
           f"index now holds {report.count}")
 
 
-@index_group.command("info")
-@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@index_group.command("info", cls=MedhashCommand)
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Index folder.")
 @click.option("--no-verify", is_flag=True, help="Skip recomputing the sha256 checksums.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 def info_cmd(index_dir, no_verify, as_json) -> None:
     """Show an index's manifest (model, bits, kind, parameters, count, files) after checking its checksums."""
     from medhash.index import index_info
@@ -127,7 +131,7 @@ def info_cmd(index_dir, no_verify, as_json) -> None:
     lines = [f"{key}: {info[key]}" for key in ("kind", "model_id", "bits", "count", "params", "file_bytes",
                                                 "created_at", "updated_at", "faiss_version", "medhash_version",
                                                 "checksums_verified")]
-    _echo(info, as_json, "\n".join(lines))
+    emit(as_json, info, "\n".join(lines))
 
 
 commands = [index_group]

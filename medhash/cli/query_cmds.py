@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import click
+
+from medhash.cli.options import MedhashCommand, emit, json_option
+
+log = logging.getLogger("medhash.cli")
 
 
 def _table(results) -> str:
@@ -25,29 +29,33 @@ def _table(results) -> str:
     return "\n".join(lines)
 
 
-@click.command("query")
-@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.command("query", cls=MedhashCommand)
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Index folder from `medhash index build`.")
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Checkpoint whose model_id matches the index.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query image.")
 @click.option("--with-ties", is_flag=True, help="Also return every item at the k-th distance.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNGs of each query (saliency + box) and its hits (box).")
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder that relative hit paths resolve against (for overlays).")
 @click.option("--mmap", is_flag=True, help="Memory-map the index where its kind allows.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Torch device of the model.")
 @click.option("--nprobe", type=click.IntRange(1, 65_536), default=None, help="IVF lists to visit (default: the index's).")
 @click.option("--ef-search", type=click.IntRange(1, 65_536), default=None, help="HNSW candidate list (default: the index's).")
 def query_cmd(index_dir, model_path, images, k, with_ties, as_json, overlay_dir, image_root, mmap, device, nprobe,
               ef_search) -> None:
     """Find the archived cases closest to each IMAGE (Hamming distance of hash codes)."""
+    log.info("query: %d image(s) against %s, k %d", len(images), index_dir, k)
     from medhash.app.query import query_images
 
     results = query_images(index_dir, model_path, list(images), k, with_ties, overlay_dir, device=device, mmap=mmap,
                            nprobe=nprobe, ef_search=ef_search, image_root=image_root)
-    click.echo(json.dumps([asdict(r) for r in results], indent=2) if as_json else _table(results))
+    emit(as_json, {"index": str(index_dir), "k": k, "with_ties": with_ties, "results": [asdict(r) for r in results]},
+         _table(results))
     failed = [r for r in results if r.error]
     if failed:
         click.echo(f"{len(failed)} of {len(results)} image(s) could not be queried", err=True)

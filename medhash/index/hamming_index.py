@@ -44,6 +44,13 @@ class Hits:
             self._image_ids = self._resolve(self.rows) if len(self.rows) else []
         return self._image_ids
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        nearest = ", ".join(f"{i}@{d}" for i, d in zip(self.image_ids[:3], self.distances[:3].tolist()))
+        return f"Hits({len(self.rows)} hits{': ' + nearest if nearest else ''}{', ...' if len(self.rows) > 3 else ''})"
+
 
 class SearchResult:
     """Per-query lists (lengths differ with ties, or when the index holds fewer than k items)."""
@@ -71,6 +78,11 @@ class SearchResult:
 
     def __iter__(self) -> Iterator[Hits]:
         return iter(self._hits)
+
+    def __repr__(self) -> str:
+        sizes = [len(h.rows) for h in self._hits]
+        shown = ", ".join(map(str, sizes[:8])) + (", ..." if len(sizes) > 8 else "")
+        return f"SearchResult({len(sizes)} queries, hits per query [{shown}]; image_ids, distances, rows per query)"
 
 
 class HammingIndex:
@@ -128,6 +140,10 @@ class HammingIndex:
 
     def __len__(self) -> int:
         return self.manifest.count
+
+    def __repr__(self) -> str:
+        return (f"HammingIndex({str(self.index_dir)!r}, kind={self.kind!r}, count={len(self)}, bits={self.bits}, "
+                f"model_id={self.model_id!r})")
 
     # -- search -----------------------------------------------------------------------------------
     def search(self, codes: np.ndarray, k: int = 10, *, with_ties: bool = False, nprobe: int | None = None,

@@ -77,8 +77,11 @@ class HashEncoder:
         return self.config.global_size
 
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor | Sequence[torch.Tensor], with_features: bool = False) -> EncodeResult:
-        """[0,1] images (a [B,1,H,W] tensor or a list of [1,H_i,W_i]) -> EncodeResult, in batches."""
+    def encode(self, images: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
+               with_features: bool = False) -> EncodeResult:
+        """[0,1] images -> EncodeResult, in batches. Images: a [B,1,H,W], [B,H,W] or one [H,W] tensor or array,
+        or a list of [H_i,W_i] / [1,H_i,W_i] tensors or arrays (any sizes)."""
+        images = _as_batch(images)
         parts = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
@@ -113,6 +116,33 @@ class HashEncoder:
         same = len({t.shape for t in tensors}) == 1
         batch: torch.Tensor | list[torch.Tensor] = torch.stack(tensors) if tensors and same else tensors
         return self.encode(batch, with_features)
+
+
+def _as_tensor(image) -> torch.Tensor:
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    if isinstance(image, torch.Tensor):
+        return image
+    raise InvalidParameterError(f"an image must be a tensor or a numpy array, got {type(image).__name__}")
+
+
+def _as_batch(images) -> torch.Tensor | list[torch.Tensor]:
+    """What `encode` takes, as the model takes it: a [B,1,H,W] tensor or a list of [1,H,W] tensors."""
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        batch = _as_tensor(images)
+        if batch.dim() == 2:
+            batch = batch[None, None]  # one [H, W] image
+        elif batch.dim() == 3:
+            batch = batch[:, None]  # [B, H, W]
+        if batch.dim() != 4 or batch.shape[1] != 1:
+            raise InvalidParameterError(f"images of shape {tuple(images.shape)}: expected [H, W], [B, H, W] or [B, 1, H, W]")
+        return batch
+    items = [_as_tensor(image) for image in images]
+    items = [t[None] if t.dim() == 2 else t for t in items]
+    bad = next((t for t in items if t.dim() != 3 or t.shape[0] != 1), None)
+    if bad is not None:
+        raise InvalidParameterError(f"an image of shape {tuple(bad.shape)} in the list: expected [H, W] or [1, H, W]")
+    return items
 
 
 def load_encoder(path: str | Path, device: str = "cpu", engine: str = "auto", batch_size: int = 32) -> HashEncoder:

@@ -99,11 +99,11 @@ def dask_client(request: ClusterRequest, scheduler: str | None = None) -> Iterat
 
 @contextlib.contextmanager
 def _quiet_scheduler_logs() -> Iterator[None]:
-    """A LocalCluster's scheduler runs in this process and logs every start/stop at INFO; show that only
-    when medhash itself was asked for INFO logs (-v)."""
+    """A LocalCluster's scheduler runs in this process and logs every start/stop at INFO (distributed sets
+    its logger up on import, over medhash.logs); show that only when everything logs at DEBUG (-vv)."""
     logger = logging.getLogger("distributed")
     level = logger.level
-    if logging.getLogger("medhash").getEffectiveLevel() > logging.INFO:
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logger.setLevel(logging.WARNING)
     try:
         yield
@@ -113,6 +113,17 @@ def _quiet_scheduler_logs() -> Iterator[None]:
 
 def dashboard_link(client) -> str | None:
     return client.dashboard_link if importlib.util.find_spec("bokeh") else None
+
+
+def dashboard_note(request: ClusterRequest, scheduler: str | None, link: str | None) -> str:
+    """One line on the Dask dashboard: its link, or why there is none."""
+    if link:
+        return f"Dask dashboard: {link}"
+    if scheduler:
+        return "Dask dashboard: see the scheduler's own (this job started no cluster)"
+    if not request.dashboard:
+        return "Dask dashboard: off"
+    return "Dask dashboard: not started, bokeh is not installed (pip install 'medhash[dashboard]')"
 
 
 def worker_host(address: str) -> str:

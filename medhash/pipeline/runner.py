@@ -34,8 +34,8 @@ from medhash.codes_format import (CODE_COLUMNS, DICOM_COLUMNS, ERRORS_DIR, INPUT
                                   write_errors_shard, write_manifest)
 from medhash.data.keyed import keyed_hash
 from medhash.data.labels import read_label_table, report_label_problems
-from medhash.errors import PipelineError
-from medhash.pipeline.cluster import ClusterRequest, dashboard_link, dask_client, torch_threads_by_host
+from medhash.errors import PipelineError, one_line
+from medhash.pipeline.cluster import ClusterRequest, dashboard_link, dashboard_note, dask_client, torch_threads_by_host
 from medhash.pipeline.inputs import InputOptions, TableColumns, collect_items
 from medhash.pipeline.output import ShardStats, complete_shard_stats
 from medhash.pipeline.plan import JobPlan, OutputSpec, ShardPlan, check_same_job, cut_into_shards, read_plan, write_plan
@@ -257,19 +257,17 @@ def _run_shards(config: EncodeJobConfig, out_dir: Path, output: OutputSpec, pend
                                  retries=config.retries, pure=False): shard for shard in pending}
         total_images = sum(len(s) for s in pending)
         with JobProgress(total_images, total_shards, done_before, config.progress) as progress:
-            if link:
-                progress.note(f"Dask dashboard: {link}")
-                log.info("Dask dashboard: %s", link)
+            progress.note(dashboard_note(request, config.scheduler, link))
             for future in as_completed(futures):
                 shard = futures[future]
                 try:
                     stats = ShardStats(**future.result())
                 except Exception as exc:  # noqa: BLE001 - report every failed shard, keep the others
                     failures.append(f"{shard.name}: {type(exc).__name__}: {exc}")
-                    progress.note(f"{shard.name} failed: {exc}")
+                    progress.note(f"shard {shard.name} failed: {one_line(exc)}", logging.ERROR)
                     continue
                 results[shard.name] = stats
-                progress.shard_done(stats.items)
+                progress.shard_done(shard.name, stats.items, stats.failed)
                 _kill_driver_for_tests(len(results))
         elapsed = time.perf_counter() - start
     if failures:

@@ -7,6 +7,7 @@ characters. The token is compared in constant time (secrets.compare_digest is hm
 
 # No `from __future__ import annotations`: FastAPI must see the closures' Depends(bearer) objects.
 import contextlib
+import logging
 import secrets
 import time
 from importlib import resources
@@ -26,6 +27,8 @@ from medhash.serve.budget import ServerBusyError
 from medhash.serve.limits import BodySizeLimit
 from medhash.serve.schemas import Health, Info, SearchResponse
 from medhash.serve.service import BadQueryError, SearchService
+
+access_log = logging.getLogger("medhash.serve.access")
 
 PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
 ERRORS = {401: {"description": "Missing or wrong bearer token"}}
@@ -66,8 +69,14 @@ def create_app(service: SearchService) -> FastAPI:
         response = await call_next(request)
         route = request.scope.get("route")
         name = getattr(route, "path", "unmatched")
+        seconds = time.perf_counter() - t0
         service.metrics.requests.labels(name, request.method, str(response.status_code)).inc()
-        service.metrics.latency.labels(name).observe(time.perf_counter() - t0)
+        service.metrics.latency.labels(name).observe(seconds)
+        if config.access_log:  # the path only, never the query string (it may carry ids)
+            client = request.client.host if request.client else "-"
+            access_log.info("%s %s %s %d %.1f ms", client, request.method, request.url.path, response.status_code,
+                            seconds * 1000, extra={"status": response.status_code, "ms": round(seconds * 1000, 2),
+                                                   "method": request.method, "path": request.url.path})
         return response
 
     @app.exception_handler(ImageDecodeError)

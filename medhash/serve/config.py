@@ -34,6 +34,7 @@ class ServeConfig:
     max_batch: int = 16  # concurrent uploads encoded together, at most this many per forward pass
     thumbnail_size: int = 256  # longest side of /v1/images thumbnails, unless the request asks for another
     cache_items: int = 512  # rendered thumbnails kept in memory
+    access_log: bool = False  # one log line per request (medhash.serve.access): method, path, status, ms
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:

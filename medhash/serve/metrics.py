@@ -1,9 +1,12 @@
 """ServeMetrics: Prometheus counters and histograms of one server (its own registry, so that
-several apps in one process, as in the tests, do not collide)."""
+several apps in one process, as in the tests, do not collide), with the process collector (CPU,
+resident memory, open files, start time) and the platform collector (Python version) registered on
+that registry too, as a default Prometheus client would expose them."""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -14,6 +17,8 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.requests = Counter("medhash_http_requests", "HTTP requests by route and status",
                                 ["route", "method", "status"], registry=r)
         self.latency = Histogram("medhash_http_request_seconds", "HTTP request latency by route", ["route"],

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from medhash.errors import InvalidParameterError
+from medhash.logs import format_record, progress_bars
 from medhash.model.backbone import build_backbone
 from medhash.model.backbone_file import save_backbone
 from medhash.model.c2l import C2L, C2LConfig, mix, mixup_lambda
@@ -183,7 +184,7 @@ class Pretrainer:
             gen = _generator(cfg.seed, epoch, ctx.rank)
             rng = np.random.default_rng([cfg.seed, epoch, ctx.rank])
             batches = rank_batches(n, batch, cfg.seed, epoch, ctx)
-            bar = tqdm(batches, desc=f"c2l {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and ctx.is_main), leave=False)
+            bar = tqdm(batches, desc=f"c2l {epoch + 1}/{cfg.epochs}", disable=not (progress_bars(cfg.progress) and ctx.is_main), leave=False)
             t0, sums, losses = time.perf_counter(), {}, []
             for step, idx in enumerate(bar):
                 ids = torch.as_tensor(idx, device=dev)
@@ -207,7 +208,7 @@ class Pretrainer:
                 losses.append(loss.detach())
                 for name, value in stats.items():
                     sums[name] = sums.get(name, 0.0) + value
-                if cfg.progress and ctx.is_main and step % 10 == 0:
+                if not bar.disable and step % 10 == 0:
                     bar.set_postfix(loss=f"{float(loss):.3f}",
                                     img_s=f"{(step + 1) * len(idx) * ctx.world_size / (time.perf_counter() - t0):.0f}")
             epoch_losses = torch.stack(losses).float().tolist() if losses else []
@@ -219,7 +220,7 @@ class Pretrainer:
             history.append(record)
             step_losses.extend(epoch_losses)
             if ctx.is_main:
-                log.info("c2l epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
+                log.info("c2l epoch %d/%d: %s", epoch + 1, cfg.epochs, format_record(record))
             self._save_state({"epoch": epoch + 1, "done": epoch + 1 == cfg.epochs, "digest": digest,
                               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),

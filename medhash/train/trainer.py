@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from medhash.data.labels import LabelTable, read_label_table, report_label_problems
 from medhash.data.splits import assign_folds
 from medhash.errors import InvalidParameterError
+from medhash.logs import format_record, progress_bars
 from medhash.model.backbone_file import apply_backbone_init
 from medhash.model.checkpoint import save_checkpoint
 from medhash.model.hashnet import AGHashNet
@@ -199,7 +200,7 @@ class Trainer:
             record.update(validate())
             history.append(record)
             if self.ctx.is_main:
-                log.info("stage %s epoch %d: %s", name, epoch + 1, {k: round(v, 4) for k, v in record.items()})
+                log.info("stage %s epoch %d/%d: %s", name, epoch + 1, epochs, format_record(record))
             # Writing both backbones every epoch dominated the cheap hash epochs: save on a clock.
             if epoch + 1 == epochs or time.perf_counter() - last_save >= cfg.checkpoint_every_s:
                 save_on_main(path, {"stage": name, "epoch": epoch + 1, "done": epoch + 1 == epochs, "digest": self.digests[name],
@@ -223,7 +224,7 @@ class Trainer:
         torch.manual_seed(epoch_seed)
         gen = torch.Generator().manual_seed(epoch_seed)
         bar = tqdm(rank_batches(len(batches), batch_size, cfg.seed, epoch, self.ctx), desc=f"{name} {epoch + 1}/{epochs}",
-                   disable=not (cfg.progress and self.ctx.is_main), leave=False)
+                   disable=not (progress_bars(cfg.progress) and self.ctx.is_main), leave=False)
         t0, seen, total, terms_sum = time.perf_counter(), 0, 0.0, {}
         for idx in bar:
             x, y = batches(idx, gen)
