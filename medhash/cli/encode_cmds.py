@@ -16,7 +16,7 @@ EXIT_SOME_FAILED = 3
 SECRET_ENV = "MEDHASH_PATIENT_KEY_SECRET"
 
 
-def _patient_secret(secret_file: Path | None) -> bytes | None:
+def patient_secret(secret_file: Path | None) -> bytes | None:
     """The site secret for patient_key: the file's bytes (one trailing newline dropped), else the variable's."""
     if secret_file is not None:
         secret = secret_file.read_bytes()
@@ -76,7 +76,7 @@ def encode_cmd(inputs, model, out, labels, image_root, columns, no_dicom_meta, p
                              batch_size=batch_size, decode_threads=decode_threads, store_features=store_features,
                              overwrite=overwrite, bytes_column=bytes_column, id_column=id_column, id_from=id_from,
                              follow_symlinks=follow_symlinks, columns=_columns(columns), dicom_meta=not no_dicom_meta,
-                             patient_secret=_patient_secret(patient_key_secret_file), strict_labels=strict,
+                             patient_secret=patient_secret(patient_key_secret_file), strict_labels=strict,
                              progress=not no_progress)
     summary = run_encode(config)
     failed = ", ".join(f"{k} {n}" for k, n in summary.failed_by_kind.items())

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 
 import numpy as np
 
-from medhash.index._search import (ApproxSearch, ExactScan, MultiHashSearch, Searcher, ThreadPolicy, flat_codes,
-                                   flat_codes_buffer, hnsw_params, ivf_params, use_gpu_for_training)
+from medhash.index._search import (ApproxSearch, ExactScan, FilteredSearch, MultiHashSearch, Searcher, ThreadPolicy,
+                                   flat_codes, flat_codes_buffer, hnsw_params, ivf_params, use_gpu_for_training)
 
 __all__ = ["KINDS", "IndexKind", "get_kind"]
 
@@ -78,6 +79,10 @@ class IndexKind:
         """The searcher of this kind's family over a loaded index (mapped: the index file is memory-mapped)."""
         raise NotImplementedError
 
+    def filtered(self, index, searcher: Searcher, params: dict, policy: ThreadPolicy) -> FilteredSearch:
+        """Filtered search over the loaded index and its searcher (medhash.index._search.filtered)."""
+        raise NotImplementedError
+
 
 class FlatKind(IndexKind):
     name = "flat"
@@ -110,6 +115,9 @@ class FlatKind(IndexKind):
     def searcher(self, index, params, policy, mapped):
         # A mapped index is searched in place (no per-thread copies), trading latency for memory.
         return ExactScan(index, policy, split=not mapped)
+
+    def filtered(self, index, searcher, params, policy):
+        return FilteredSearch(codes_at=searcher.codes_at, policy=policy, exact=searcher)
 
 
 class MultiHashKind(IndexKind):
@@ -155,6 +163,10 @@ class MultiHashKind(IndexKind):
     def searcher(self, index, params, policy, mapped):
         return MultiHashSearch(index, params, policy)
 
+    def filtered(self, index, searcher, params, policy):
+        # The pigeonhole check does not carry over to a subset; the storage's exact scan does.
+        return FilteredSearch(codes_at=searcher.fallback.codes_at, policy=policy, exact=searcher.fallback)
+
 
 class IVFKind(IndexKind):
     name = "ivf"
@@ -195,6 +207,10 @@ class IVFKind(IndexKind):
     def searcher(self, index, params, policy, mapped):
         return ApproxSearch(index, ivf_params(int(params["nprobe"]), int(params["nlist"])), policy)
 
+    def filtered(self, index, searcher, params, policy):
+        return FilteredSearch(codes_at=_IvfCodes(index), policy=policy, approx=searcher, approx_knob="nprobe",
+                              default_knob=int(params["nprobe"]), max_knob=int(params["nlist"]))
+
 
 class HNSWKind(IndexKind):
     name = "hnsw"
@@ -222,6 +238,45 @@ class HNSWKind(IndexKind):
 
     def searcher(self, index, params, policy, mapped):
         return ApproxSearch(index, hnsw_params(int(params["ef_search"])), policy)
+
+    def filtered(self, index, searcher, params, policy):
+        import faiss
+
+        storage = faiss.downcast_IndexBinary(index.storage)
+        return FilteredSearch(codes_at=lambda rows: flat_codes(storage)[rows], policy=policy, approx=searcher,
+                              approx_knob="ef_search", default_knob=int(params["ef_search"]))
+
+
+class _IvfCodes:
+    """codes_at(rows) for an IVF index: its inverted lists' codes in label order (== row order), built on
+    first use (one copy of the codes; a filtered search that never falls back to a scan never builds it)."""
+
+    def __init__(self, index):
+        self.index = index
+        self._codes: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def _build(self) -> np.ndarray:
+        import faiss
+
+        invlists, cs = self.index.invlists, self.index.code_size
+        codes, ids = [], []
+        for lst in range(invlists.nlist):
+            size = invlists.list_size(lst)
+            if size:
+                codes.append(faiss.rev_swig_ptr(invlists.get_codes(lst), size * cs).reshape(size, cs).copy())
+                ids.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+        if not codes:
+            return np.empty((0, cs), np.uint8)
+        order = np.argsort(np.concatenate(ids), kind="stable")
+        return np.concatenate(codes)[order]
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if self._codes is None:
+            with self._lock:
+                if self._codes is None:
+                    self._codes = self._build()
+        return self._codes[rows]
 
 
 KINDS: dict[str, IndexKind] = {kind.name: kind for kind in (FlatKind(), MultiHashKind(), IVFKind(), HNSWKind())}

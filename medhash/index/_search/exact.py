@@ -75,6 +75,7 @@ class ExactScan:
         sample_step = self.ntotal // sample_rows
         # Only worth it when the sample is much smaller than the index.
         self.sample = _flat_of(codes[::sample_step][:sample_rows], self.bits) if sample_step >= RANGE_OVERSAMPLE else None
+        self.sample_rows = np.arange(0, self.ntotal, max(1, sample_step), dtype=np.int64)[:sample_rows]
         self.pool = shared_pool(policy.search_threads) if policy.search_threads > 1 else None
 
     # -- shard fan-out -------------------------------------------------------------------------
@@ -141,6 +142,49 @@ class ExactScan:
             D, I = self._range(q, radius, parallel)
             if len(D) >= k or radius > self.bits:
                 return select(D, I, k, with_ties)
+            radius += max(1, radius // 4)
+
+    # -- filtered (mask: bool by row, the rows that may be returned) ------------------------------
+    def codes_at(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 [len(rows), code_size] codes of the given sorted rows, gathered from the shards."""
+        out = np.empty((len(rows), self.bits // 8), dtype=np.uint8)
+        bounds = np.searchsorted(rows, self.offsets[1:] + [self.ntotal])
+        start = 0
+        for shard, offset, end in zip(self.shards, self.offsets, bounds):
+            out[start:end] = flat_codes(shard)[rows[start:end] - offset]
+            start = end
+        return out
+
+    def _masked_radius(self, q: np.ndarray, k: int, mask: np.ndarray, fraction: float) -> int | None:
+        """A radius holding ~RANGE_OVERSAMPLE * k selected codes, read off the selected part of the sample."""
+        if self.sample is None or fraction <= 0:
+            return None
+        m = self.sample.ntotal
+        want = math.ceil(RANGE_OVERSAMPLE * k * m / self.ntotal)  # selected sample codes inside the radius
+        fetch = math.ceil(1.5 * want / fraction)
+        if fetch >= m:
+            return None
+        D, I = self.sample.search(q.reshape(1, -1), fetch)
+        passing = D[0][mask[self.sample_rows[I[0]]]]
+        return int(passing[want - 1]) + 1 if len(passing) >= want else int(D[0, -1]) + 1
+
+    def query_masked(self, q: np.ndarray, k: int, with_ties: bool, mask: np.ndarray, fraction: float,
+                     parallel: bool = True) -> Neighbors:
+        """Exact top-k among the rows where mask is True: range scans of every code, unselected ones dropped.
+
+        The scan costs what the unfiltered one does (the mask is applied to the few thousand codes
+        inside the radius); the radius is aimed with the selected part of the sample, so a filter
+        whose rows lie far from the query starts wide instead of growing many times.
+        """
+        q = q.reshape(1, -1)
+        radius = self._masked_radius(q, k, mask, fraction)
+        if radius is None:
+            radius = self.bits + 1
+        while True:
+            D, I = self._range(q, radius, parallel)
+            keep = mask[I]
+            if int(np.count_nonzero(keep)) >= k or radius > self.bits:
+                return select(D[keep], I[keep], k, with_ties)
             radius += max(1, radius // 4)
 
     # -- many queries ----------------------------------------------------------------------------
