@@ -25,8 +25,12 @@ import click
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Concurrent uploads encoded together in one forward pass, at most.")
 @click.option("--max-k", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--reload-poll-ms", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Check the index folder this often for a new version (index add/remove); 0: only POST /v1/reload.")
+@click.option("--patient-key-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Site secret, so filters may name a raw patient id (not_patient_id), hashed before use.")
 def serve_cmd(index_dir, model_path, host, port, token, archive_root, device, engine, torch_threads, mmap, max_upload_mb,
-              max_batch, max_k) -> None:
+              max_batch, max_k, reload_poll_ms, patient_key_secret_file) -> None:
     """Serve similar-case search over HTTP: API at /v1, page at /, OpenAPI schema at /openapi.json."""
     from medhash.serve import ServeConfig, run_server
 
@@ -36,7 +40,8 @@ def serve_cmd(index_dir, model_path, host, port, token, archive_root, device, en
     run_server(ServeConfig(index=str(index_dir), model=str(model_path), host=host, port=port, token=token,
                            archive_root=str(archive_root) if archive_root else None, device=device, engine=engine,
                            torch_threads=torch_threads, mmap=mmap, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                           max_batch=max_batch, max_k=max_k))
+                           max_batch=max_batch, max_k=max_k, reload_poll_ms=reload_poll_ms,
+                           patient_key_secret_file=str(patient_key_secret_file) if patient_key_secret_file else None))
 
 
 commands = [serve_cmd]
