@@ -110,6 +110,8 @@ def create_app(service: SearchService) -> FastAPI:
         query_image_id: Annotated[str | None, Form(description="The archived image the query is (marks it in the "
                                                                "hits); by default an upload whose file name is an "
                                                                "archived id")] = None,
+        exclude_query_patient: Annotated[bool, Form(description="Leave out every image of the query's patient "
+                                                                "(the query must be an archived image)")] = False,
     ) -> SearchResponse:
         """Search by an uploaded image (encoded by the server's model) or by a code, optionally filtered."""
         if (image is None) == (code is None):
@@ -117,12 +119,12 @@ def create_app(service: SearchService) -> FastAPI:
         params = SearchParams(nprobe=nprobe, ef_search=ef_search)
         flt = service.parse_filter(filter)  # a bad filter fails before any decoding
         if code is not None:
-            return await service.search_code(code, k, with_ties, params, flt, query_image_id)
+            return await service.search_code(code, k, with_ties, params, flt, query_image_id, exclude_query_patient)
         data = await image.read()
         if not data:
             raise BadQueryError(f"uploaded file {image.filename or 'image'} is empty")
         return await service.search_image(data, image.filename or "upload", k, with_ties, overlay, params, flt,
-                                          query_image_id)
+                                          query_image_id, exclude_query_patient)
 
     @app.post("/v1/reload", response_model=ReloadResult, dependencies=authorized, tags=["operations"],
               responses=ERRORS)

@@ -34,6 +34,7 @@ class Query(BaseModel):
     height: int | None = None
     predicted: list[Prediction] = Field(default_factory=list, description="Classifier outputs of at least 0.5")
     overlay_png: str | None = Field(None, description="data: URL of the query with saliency and box (when overlay=true)")
+    image_png: str | None = Field(None, description="data: URL of the query without overlay (when overlay=true)")
     archived_image_id: str | None = Field(None, description="The query's own image id when it is in the archive "
                                                             "(named by query_image_id, or its file name is an id)")
 

@@ -186,13 +186,30 @@ class SearchService:
                 return candidate
         return None
 
+    def _patient_filter(self, flt: Filter, archived: str | None, exclude_query_patient: bool) -> Filter:
+        """The filter plus not_patient=<the query's archived image> when asked to leave out the query's patient."""
+        if not exclude_query_patient:
+            return flt
+        if archived is None:
+            raise BadQueryError("exclude_query_patient: the query is not an archived image (name it with "
+                                "query_image_id, or filter with not_patient_id)")
+        return self.parse_filter_dict({**flt.to_json(), "not_patient": archived})
+
+    def parse_filter_dict(self, spec: dict) -> Filter:
+        try:
+            return parse_filter(spec, patient_secret=self.patient_secret)
+        except FilterError as exc:
+            raise BadQueryError(str(exc)) from None
+
     async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
                            overlay: bool = False, params: SearchParams = SearchParams(),
-                           filter: str | Filter | None = None, query_image_id: str | None = None) -> SearchResponse:
+                           filter: str | Filter | None = None, query_image_id: str | None = None,
+                           exclude_query_patient: bool = False) -> SearchResponse:
         """Decode an uploaded image, encode it (batched with concurrent requests) and search."""
         k = self.check_k(k)
         flt = filter if isinstance(filter, Filter) else self.parse_filter(filter)
         archived = self.archived_id(name, query_image_id)
+        flt = self._patient_filter(flt, archived, exclude_query_patient)
         t0 = time.perf_counter()
         image = await self.decode(data, name)
         t1 = time.perf_counter()
@@ -204,17 +221,20 @@ class SearchService:
         if overlay:
             query.overlay_png = await asyncio.get_running_loop().run_in_executor(
                 self._io_pool, self._query_overlay, image, encoded)
+            query.image_png = await asyncio.get_running_loop().run_in_executor(
+                self._io_pool, self._query_overlay, image, None)
         timings = {"decode": t1 - t0, "encode": t2 - t1, "search": search_s, "total": time.perf_counter() - t0}
         self._observe("image", timings)
         return self._response(query, found, k, with_ties, timings, flt)
 
     async def search_code(self, code: str | np.ndarray, k: int | None = None, with_ties: bool = False,
                           params: SearchParams = SearchParams(), filter: str | Filter | None = None,
-                          query_image_id: str | None = None) -> SearchResponse:
+                          query_image_id: str | None = None, exclude_query_patient: bool = False) -> SearchResponse:
         """Search with a code the client already has (hex or base64 text, or uint8 [bits/8])."""
         k = self.check_k(k)
         flt = filter if isinstance(filter, Filter) else self.parse_filter(filter)
         archived = self.archived_id(None, query_image_id)
+        flt = self._patient_filter(flt, archived, exclude_query_patient)
         t0 = time.perf_counter()
         code = parse_code(code, self.index.bits) if isinstance(code, str) else np.asarray(code, np.uint8)
         found, search_s = await self._search(code, k, with_ties, params, flt, archived)
@@ -263,7 +283,7 @@ class SearchService:
         return [Prediction(label=self.encoder.classes[i], probability=round(float(probs[i]), 4))
                 for i in order if probs[i] >= 0.5]
 
-    def _query_overlay(self, image: np.ndarray, encoded: EncodedImage) -> str:
+    def _query_overlay(self, image: np.ndarray, encoded: EncodedImage | None) -> str:
         png = _render_thumbnail(image, encoded, QUERY_OVERLAY_SIDE)
         return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
