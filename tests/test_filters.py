@@ -14,6 +14,7 @@ from medhash.codes_format import DICOM_COLUMNS, MetadataColumns, write_code_shar
 from medhash.data.keyed import keyed_hash
 from medhash.index import IDS_FILE, BuildConfig, HammingIndex, SearchParams, ThreadPolicy, build_index
 from medhash.index._search import ExactScan, FilteredSearch, LabelFilter
+from medhash.index._search.filtered import GATHER_MAX
 from medhash.index.filters import FilterError, parse_filter
 
 BITS = 64
@@ -261,15 +262,18 @@ def test_masked_scan_is_exact_and_strategies_switch(archive):
     scan = ExactScan(flat, ThreadPolicy(search_threads=1), sample_rows=200)
     assert scan.sample is not None
     search = FilteredSearch(codes_at=scan.codes_at, policy=ThreadPolicy(search_threads=1), exact=scan)
+    strategies = set()
     for spec in SPECS[:6]:
         mask = brute_mask(archive, spec)
         rows = np.flatnonzero(mask)
         selection = LabelFilter(rows, rows, mask, N)
         found, strategy = search.search(codes[[3, 500]], 15, False, SearchParams(), selection)
-        assert strategy == ("scan_masked" if mask.mean() > 0.04 else "scan_selected")
+        assert strategy == ("scan_masked" if mask.mean() > GATHER_MAX else "scan_selected")
+        strategies.add(strategy)
         for q, (d, lab) in zip(codes[[3, 500]], found):
             want_rows, want_d = brute_topk(archive, q, mask, 15)
             assert np.array_equal(lab, want_rows) and np.array_equal(d, want_d)
+    assert strategies == {"scan_masked", "scan_selected"}
 
 
 def test_approximate_recall_at_every_selectivity(archive):

@@ -33,6 +33,7 @@ index's ids.parquet. Every error is a FilterError whose one-line message names t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -117,15 +118,25 @@ def parse_filter(spec: str | dict | Filter | None, *, patient_secret: bytes | No
         return Filter()
     if isinstance(spec, str):
         text = spec.strip()
-        if not text:
-            return Filter()
-        if text.startswith("{"):
-            try:
-                spec = json.loads(text)
-            except ValueError as exc:
-                raise FilterError(f"filter is not valid JSON: {exc.msg} at character {exc.pos}") from None
-        else:
-            spec = _compact_to_dict(text)
+        # A text naming a raw patient id is never cached: the id must not outlive the request.
+        return _parse_text.__wrapped__(text, patient_secret) if "not_patient_id" in text else _parse_text(text, patient_secret)
+    if not isinstance(spec, dict):
+        raise FilterError(f"filter must be a JSON object or compact text, got {type(spec).__name__}")
+    return _from_dict(spec, patient_secret)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(text: str, patient_secret: bytes | None) -> Filter:
+    """Cached: a server sees the same few filter texts over and over (Filter is immutable)."""
+    if not text:
+        return Filter()
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except ValueError as exc:
+            raise FilterError(f"filter is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    else:
+        spec = _compact_to_dict(text)
     if not isinstance(spec, dict):
         raise FilterError(f"filter must be a JSON object or compact text, got {type(spec).__name__}")
     return _from_dict(spec, patient_secret)

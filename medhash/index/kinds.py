@@ -23,7 +23,7 @@ import threading
 import numpy as np
 
 from medhash.index._search import (ApproxSearch, ExactScan, FilteredSearch, MultiHashSearch, Searcher, ThreadPolicy,
-                                   flat_codes, flat_codes_buffer, hnsw_params, ivf_params, use_gpu_for_training)
+                                   flat_codes, flat_codes_buffer, gather_codes, hnsw_params, ivf_params, use_gpu_for_training)
 
 __all__ = ["KINDS", "IndexKind", "get_kind"]
 
@@ -243,7 +243,7 @@ class HNSWKind(IndexKind):
         import faiss
 
         storage = faiss.downcast_IndexBinary(index.storage)
-        return FilteredSearch(codes_at=lambda rows: flat_codes(storage)[rows], policy=policy, approx=searcher,
+        return FilteredSearch(codes_at=lambda rows: gather_codes(flat_codes(storage), rows), policy=policy, approx=searcher,
                               approx_knob="ef_search", default_knob=int(params["ef_search"]))
 
 
@@ -276,7 +276,7 @@ class _IvfCodes:
             with self._lock:
                 if self._codes is None:
                     self._codes = self._build()
-        return self._codes[rows]
+        return gather_codes(self._codes, rows)
 
 
 KINDS: dict[str, IndexKind] = {kind.name: kind for kind in (FlatKind(), MultiHashKind(), IVFKind(), HNSWKind())}

@@ -6,7 +6,8 @@ used is reported with each answer):
 
 - "scan_selected": gather the codes of the selected items and compute every distance (popcount of
   XOR). Exact for every kind. Its cost grows with the number of selected items, not the index size,
-  so it is chosen when few pass (at most `gather_max` of the index).
+  so it is chosen when few pass (at most `gather_max` of the index; exact kinds) or fewer than
+  `widen_min` (approximate kinds).
 - "scan_masked" (exact kinds: flat, multihash): ExactScan's range scan over every code, keeping only
   selected items; same cost as the unfiltered scan. Chosen when many pass.
 - "probe_widened" (approximate kinds: ivf, hnsw): the approximate search asked for k / fraction x
@@ -30,9 +31,12 @@ from medhash.index._search.exact import ExactScan
 from medhash.index._search.neighbors import Neighbors, SearchParams, Searcher, select
 from medhash.index._search.threads import ThreadPolicy, omp_threads
 
-__all__ = ["FilteredSearch", "LabelFilter", "hamming_distances"]
+__all__ = ["FilteredSearch", "LabelFilter", "gather_codes", "hamming_distances"]
 
-GATHER_MAX = 0.04  # exact kinds: gather below this fraction selected, masked range scan above
+# Exact kinds: gather below this fraction selected, masked range scan above. Measured at 1M 64-bit
+# codes, one thread: gather + popcount + top-k 0.24 ms at 5%, 0.42 ms at 10%, 1.1 ms at 20%, against
+# ~0.6 ms for a range scan of every code.
+GATHER_MAX = 0.12
 WIDEN_MIN = 0.25  # approximate kinds: widen the probe at or above this fraction, scan the selection below
 WIDEN = 1.5  # candidates asked for: k / fraction x this
 
@@ -68,6 +72,12 @@ class LabelFilter:
         return self.labels[pos] == labels
 
 
+def gather_codes(codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """codes[rows] for uint8 [N, code_size], copying whole codes (~10x faster than 2-D fancy indexing)."""
+    cs = codes.shape[1]
+    return np.take(np.ascontiguousarray(codes).view(f"V{cs}").ravel(), rows).view(np.uint8).reshape(len(rows), cs)
+
+
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -77,6 +87,8 @@ def hamming_distances(q: np.ndarray, codes: np.ndarray) -> np.ndarray:
     if nbytes % 8 == 0 and len(codes):
         x = np.ascontiguousarray(codes).view(np.uint64) ^ np.ascontiguousarray(q.reshape(1, -1)).view(np.uint64)
         if hasattr(np, "bitwise_count"):
+            if x.shape[1] == 1:
+                return np.bitwise_count(x[:, 0]).astype(np.int32)
             return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
         x = x.view(np.uint8)
     else:
@@ -86,8 +98,9 @@ def hamming_distances(q: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 def _top(d: np.ndarray, labels: np.ndarray, k: int, with_ties: bool) -> Neighbors:
     if len(d) > k:
-        kth = np.partition(d, k - 1)[k - 1]
-        keep = d <= kth  # the top-k and every tie of the k-th: select() orders and cuts
+        # Distances are small integers: the k-th is read off their histogram (4x faster than np.partition).
+        kth = int(np.searchsorted(np.cumsum(np.bincount(d)), k))
+        keep = np.flatnonzero(d <= kth)  # the top-k and every tie of the k-th: select() orders and cuts
         d, labels = d[keep], labels[keep]
     return select(d, labels, k, with_ties)
 
