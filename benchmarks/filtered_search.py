@@ -222,7 +222,7 @@ def run(args) -> dict:
             rows_out.append(row)
         result["rows"] = rows_out
         unfiltered = next(r for r in rows_out if r["kind"] == "flat" and r["filter"] is None)
-        exact = [r for r in rows_out if r["kind"] in ("flat", "multihash") and r["filter"] is not None]
+        exact = [r for r in rows_out if r["kind"] in ("flat", "multihash") and r["filter"] is not None]  # exact kinds
         approx = [r for r in rows_out if r["kind"] in ("ivf", "hnsw") and r["filter"] is not None]
         result["targets"] = {
             "unfiltered_flat_p50_ms": unfiltered["p50_ms"],

@@ -242,9 +242,12 @@ class HNSWKind(IndexKind):
     def filtered(self, index, searcher, params, policy):
         import faiss
 
+        # The graph's storage is a flat code array, so a filtered HNSW search is answered exactly: at 1M codes
+        # with 54% selected, widening the graph search (ef 384) reached recall@100 0.91 in 1.07 ms where the
+        # masked scan of the storage (searched in place, no copy) is exact in 0.83 ms.
         storage = faiss.downcast_IndexBinary(index.storage)
-        return FilteredSearch(codes_at=lambda rows: gather_codes(flat_codes(storage), rows), policy=policy, approx=searcher,
-                              approx_knob="ef_search", default_knob=int(params["ef_search"]))
+        scan = ExactScan(storage, policy, split=False)
+        return FilteredSearch(codes_at=scan.codes_at, policy=policy, exact=scan)
 
 
 class _IvfCodes:

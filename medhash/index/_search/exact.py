@@ -26,6 +26,10 @@ __all__ = ["ExactScan", "flat_codes", "flat_codes_buffer"]
 
 SAMPLE_ROWS = 16_384
 RANGE_OVERSAMPLE = 4  # aim the radius at ~4k expected hits: few retries, few extra results
+# A filtered scan drops the unselected codes inside the radius, so every extra code costs; its radius
+# is aimed at 2k selected codes (measured at 1M clustered codes, 54% selected: 0.645 ms vs 0.677 ms at
+# 4k, unfiltered 0.62 ms), still rarely short of k.
+MASKED_OVERSAMPLE = 2
 
 
 def flat_codes_buffer(flat, rows: int) -> np.ndarray:
@@ -173,7 +177,7 @@ class ExactScan:
             cached = (mask, flat_codes(self.sample)[mask[self.sample_rows]].copy())
             self._selected_sample = cached
         m = self.sample.ntotal
-        want = math.ceil(RANGE_OVERSAMPLE * k * m / self.ntotal)  # selected sample codes inside the radius
+        want = math.ceil(MASKED_OVERSAMPLE * k * m / self.ntotal)  # selected sample codes inside the radius
         if len(cached[1]) < want:
             return None
         passing = hamming_distances(q.reshape(-1), cached[1])

@@ -8,15 +8,17 @@ used is reported with each answer):
   XOR). Exact for every kind. Its cost grows with the number of selected items, not the index size,
   so it is chosen when few pass (at most `gather_max` of the index; exact kinds) or fewer than
   `widen_min` (approximate kinds).
-- "scan_masked" (exact kinds: flat, multihash): ExactScan's range scan over every code, keeping only
-  selected items; same cost as the unfiltered scan. Chosen when many pass.
-- "probe_widened" (approximate kinds: ivf, hnsw): the approximate search asked for k / fraction x
-  `widen` candidates with nprobe (ivf) or ef_search (hnsw) widened by the same factor, then the
-  unselected dropped. Chosen when at least `widen_min` of the index passes; if fewer than k
-  survive, the query is answered by "scan_selected" instead ("probe_widened+scan_selected").
+- "scan_masked" (flat, multihash, and hnsw, whose graph stores its codes as a flat array): ExactScan's
+  range scan over every code, keeping only selected items; about the cost of the unfiltered scan.
+  Chosen when many pass.
+- "probe_widened" (ivf): the approximate search asked for k / fraction x `widen` candidates with
+  nprobe widened by the same factor, then the unselected dropped. Chosen when at least
+  `widen_min` of the index passes; if fewer than k survive, the query is answered by
+  "scan_selected" instead ("probe_widened+scan_selected").
 
-Approximate kinds never return an unselected item (the filter is applied to every answer), and
-below `widen_min` they answer exactly. An empty selection answers empty lists ("empty").
+So flat, multihash and hnsw answer filtered queries exactly; ivf never returns an unselected item
+(the filter is applied to every answer) and below `widen_min` answers exactly. An empty selection
+answers empty lists ("empty").
 """
 
 from __future__ import annotations
@@ -108,8 +110,8 @@ def _top(d: np.ndarray, labels: np.ndarray, k: int, with_ties: bool) -> Neighbor
 class FilteredSearch:
     """Filtered top-k over one loaded index.
 
-    exact: the ExactScan over all codes (flat, multihash) or None (approximate kinds);
-    approx: the kind's searcher when it is approximate; codes_at(rows) gathers codes by row.
+    exact: the ExactScan over all codes (flat, multihash, hnsw's storage), or None;
+    approx: the searcher to widen (ivf); codes_at(rows) gathers codes by row.
     """
 
     def __init__(self, *, codes_at: Callable[[np.ndarray], np.ndarray], policy: ThreadPolicy,
