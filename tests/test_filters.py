@@ -305,3 +305,15 @@ def test_query_cli_bad_filter_is_one_line(archive):
                                        "x.png", "--filter", "age=..1x"])
     assert result.exit_code == 2
     assert "'age=..1x'" in result.output and "range bounds must be numbers" in result.output
+
+
+def test_codes_are_gathered_across_scan_shards(archive):
+    import faiss
+
+    codes = archive["codes"]
+    flat = faiss.IndexBinaryFlat(BITS)
+    flat.add(codes)
+    scan = ExactScan(flat, ThreadPolicy(search_threads=2, min_rows_per_thread=300))
+    assert len(scan.shards) == 2
+    rows = np.sort(np.random.default_rng(3).choice(N, 500, replace=False))
+    assert np.array_equal(scan.codes_at(rows), codes[rows])

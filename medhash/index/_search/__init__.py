@@ -14,8 +14,8 @@ and the scan pool the searchers share. faiss is imported inside functions only.
 """
 
 from medhash.index._search.approx import ApproxSearch, hnsw_params, ivf_params
-from medhash.index._search.exact import ExactScan, flat_codes, flat_codes_buffer
-from medhash.index._search.filtered import FilteredSearch, LabelFilter, gather_codes, hamming_distances
+from medhash.index._search.exact import ExactScan, flat_codes, flat_codes_buffer, gather_codes, hamming_distances
+from medhash.index._search.filtered import FilteredSearch, LabelFilter
 from medhash.index._search.gpu import GpuFlatSearch, gpu_support, use_gpu_for_training
 from medhash.index._search.multihash import MultiHashSearch
 from medhash.index._search.neighbors import Neighbors, Searcher, SearchParams

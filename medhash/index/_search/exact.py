@@ -22,7 +22,7 @@ import numpy as np
 from medhash.index._search.neighbors import Neighbors, SearchParams, select
 from medhash.index._search.threads import ThreadPolicy, omp_threads, shared_pool
 
-__all__ = ["ExactScan", "flat_codes", "flat_codes_buffer"]
+__all__ = ["ExactScan", "flat_codes", "flat_codes_buffer", "gather_codes", "hamming_distances"]
 
 SAMPLE_ROWS = 16_384
 RANGE_OVERSAMPLE = 4  # aim the radius at ~4k expected hits: few retries, few extra results
@@ -45,6 +45,30 @@ def flat_codes_buffer(flat, rows: int) -> np.ndarray:
 def flat_codes(flat) -> np.ndarray:
     """The index's ntotal codes, zero-copy."""
     return flat_codes_buffer(flat, flat.ntotal)
+
+
+def gather_codes(codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """codes[rows] for uint8 [N, code_size], copying whole codes (~10x faster than 2-D fancy indexing)."""
+    cs = codes.shape[1]
+    return np.take(np.ascontiguousarray(codes).view(f"V{cs}").ravel(), rows).view(np.uint8).reshape(len(rows), cs)
+
+
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def hamming_distances(q: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """int32 Hamming distance from one uint8 code to each row of uint8 [N, code_size]."""
+    nbytes = codes.shape[1]
+    if nbytes % 8 == 0 and len(codes):
+        x = np.ascontiguousarray(codes).view(np.uint64) ^ np.ascontiguousarray(q.reshape(1, -1)).view(np.uint64)
+        if hasattr(np, "bitwise_count"):
+            if x.shape[1] == 1:
+                return np.bitwise_count(x[:, 0]).astype(np.int32)
+            return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+        x = x.view(np.uint8)
+    else:
+        x = codes ^ q.reshape(1, -1)
+    return _POPCOUNT8[x].sum(axis=1, dtype=np.int32)
 
 
 def _flat_of(codes: np.ndarray, bits: int):
@@ -152,15 +176,14 @@ class ExactScan:
     # -- filtered (mask: bool by row, the rows that may be returned) ------------------------------
     def codes_at(self, rows: np.ndarray) -> np.ndarray:
         """uint8 [len(rows), code_size] codes of the given sorted rows, gathered from the shards."""
-        cs = self.bits // 8
-        out = np.empty(len(rows), dtype=f"V{cs}")
+        if len(self.shards) == 1:
+            return gather_codes(flat_codes(self.shards[0]), rows)
         bounds = np.searchsorted(rows, self.offsets[1:] + [self.ntotal])
-        start = 0
+        parts, start = [], 0
         for shard, offset, end in zip(self.shards, self.offsets, bounds):
-            # One cs-byte element per code: numpy's take copies whole elements (~10x faster than 2-D fancy indexing).
-            np.take(flat_codes(shard).view(f"V{cs}").ravel(), rows[start:end] - offset, out=out[start:end])
+            parts.append(gather_codes(flat_codes(shard), rows[start:end] - offset))
             start = end
-        return out.view(np.uint8).reshape(len(rows), cs)
+        return np.concatenate(parts)
 
     def _masked_radius(self, q: np.ndarray, k: int, mask: np.ndarray) -> int | None:
         """A radius holding ~RANGE_OVERSAMPLE * k selected codes, read off the selected part of the sample.
@@ -170,8 +193,6 @@ class ExactScan:
         """
         if self.sample is None:
             return None
-        from medhash.index._search.filtered import hamming_distances
-
         cached = self._selected_sample  # (mask, its selected sample codes): one selection repeats across queries
         if cached is None or cached[0] is not mask:
             cached = (mask, flat_codes(self.sample)[mask[self.sample_rows]].copy())

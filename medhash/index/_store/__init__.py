@@ -14,7 +14,7 @@ from medhash.index._store.folder import (IDS_FILE, INDEX_FILE, MANIFEST_FILE, In
                                          write_faiss, write_manifest)
 from medhash.index._store.idlookup import IdLookup
 from medhash.index._store.idmap import (IdRecord, copy_rows_except, id_rows, id_schema, iter_id_batches, open_id_writer,
-                                        read_column, read_id_schema, records_at, rows_of_image_ids)
+                                        read_id_schema, records_at, rows_of_image_ids)
 from medhash.index._store.idset import IdHashes, confirm_duplicates, find_duplicates
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "lean_arrow_memory",
     "load_manifest",
     "open_id_writer",
-    "read_column",
     "read_faiss",
     "read_id_schema",
     "records_at",

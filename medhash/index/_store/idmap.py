@@ -25,7 +25,7 @@ from medhash.atomic import atomic_path
 from medhash.codes_format import BATCH_ROWS
 
 __all__ = ["ID_SCHEMA", "IdRecord", "IdWriter", "copy_rows_except", "id_rows", "id_schema", "iter_id_batches",
-           "open_id_writer", "read_column", "read_id_schema", "records_at", "rows_of_image_ids"]
+           "open_id_writer", "read_id_schema", "records_at", "rows_of_image_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,6 @@ def open_id_writer(path: Path, schema: pa.Schema = ID_SCHEMA) -> Iterator[IdWrit
 
 def iter_id_batches(path: Path, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
-
-
-def read_column(path: Path, name: str) -> pa.Array:
-    return pq.read_table(path, columns=[name]).column(name).combine_chunks()
 
 
 def rows_of_image_ids(path: Path, image_ids: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
