@@ -327,6 +327,13 @@ class CodeShard:
     bits: int
     rows: int
     has_labels: bool
+    # The metadata columns (label-table columns, DICOM_COLUMNS, patient_key) in shard order: what an
+    # index carries into its ids.parquet so searches can filter on them.
+    metadata: tuple[pa.Field, ...] = ()
+
+    @property
+    def metadata_names(self) -> list[str]:
+        return [f.name for f in self.metadata]
 
 
 @dataclass(frozen=True)
@@ -335,7 +342,7 @@ class CodeBatch:
 
     codes: np.ndarray
     image_ids: pa.Array  # string
-    columns: pa.RecordBatch  # code, image_id, and path, box, labels (when present) if asked for
+    columns: pa.RecordBatch  # code, image_id, and path, box, labels and metadata (when present) if asked for
     skipped: int  # rows dropped because code or image_id was null
 
 
@@ -418,7 +425,9 @@ def _inspect(path: Path) -> CodeShard:
     code_type = schema.field("code").type
     if not (pa.types.is_fixed_size_binary(code_type) and code_type.byte_width == bits // 8):
         raise CodeShardError(path, f"column code is {code_type}, expected fixed_size_binary[{bits // 8}]")
-    return CodeShard(path, kv[META_MODEL_ID].decode(), bits, meta.num_rows, "labels" in schema.names)
+    not_metadata = set(CODE_COLUMNS) | {"labels", "features"}
+    metadata = tuple(f for f in schema if f.name not in not_metadata)
+    return CodeShard(path, kv[META_MODEL_ID].decode(), bits, meta.num_rows, "labels" in schema.names, metadata)
 
 
 def shard_model_id(path: Path) -> str | None:
@@ -444,12 +453,12 @@ def iter_batches(shard: CodeShard, *, with_ids: bool = True, batch_rows: int = B
     """Yield the valid rows of one shard; rows with a null code or image_id are skipped and counted.
 
     with_ids=False reads only the code and image_id columns (the cheap pre-pass); with_ids=True
-    adds path, box and labels (when the shard has them).
+    adds path, box, labels and the metadata columns (when the shard has them).
     """
     nbytes = shard.bits // 8
     columns = ["code", "image_id"]
     if with_ids:
-        columns += ["path", "box"] + (["labels"] if shard.has_labels else [])
+        columns += ["path", "box"] + (["labels"] if shard.has_labels else []) + shard.metadata_names
     try:
         reader = pq.ParquetFile(shard.path, pre_buffer=False, buffer_size=1 << 20)
         for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):

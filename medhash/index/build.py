@@ -2,8 +2,9 @@
 
 Pass 1 reads only the code and image_id columns: counts the valid rows, hashes the ids to refuse
 duplicates before the expensive part, and draws the training sample for kinds that train (IVF).
-Pass 2 reads code + id-map columns one batch at a time, adds the codes to FAISS and appends the
-id-map rows to ids.parquet with a ParquetWriter. Nothing ever holds all rows of all columns.
+Pass 2 reads code + id-map columns (with the metadata columns: label-table columns, DICOM
+attributes, patient_key) one batch at a time, adds the codes to FAISS and appends the id-map rows
+to ids.parquet with a ParquetWriter. Nothing ever holds all rows of all columns.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from medhash.codes_format import BATCH_ROWS, CodeShard, iter_batches, open_shard
 from medhash.errors import DuplicateImageIdError, IndexManifestError
 from medhash.index._search import omp_threads
 from medhash.index._store import (IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdHashes, IndexManifest, confirm_duplicates,
-                                  id_rows, lean_arrow_memory, open_id_writer, write_faiss, write_manifest)
+                                  id_rows, id_schema, lean_arrow_memory, open_id_writer, write_faiss, write_manifest)
 from medhash.index.kinds import get_kind
 from medhash.timing import Timings
 
@@ -109,13 +110,15 @@ def _build(codes_dir: Path, out_dir: Path, config: BuildConfig) -> IndexManifest
     with timings("train"):
         index = kind.create(bits, params, scan.train_codes, gpu=config.gpu)
     del scan.train_codes
-    with timings("add"), open_id_writer(out_dir / IDS_FILE) as ids:
+    # The metadata columns of the codes folder travel into ids.parquet, where filters read them.
+    schema = id_schema(shards[0].metadata)
+    with timings("add"), open_id_writer(out_dir / IDS_FILE, schema) as ids:
         add = kind.bulk_adder(index, scan.rows)
         for shard in shards:
             for batch in iter_batches(shard, with_ids=True, batch_rows=config.batch_rows):
                 labels = np.arange(ids.rows, ids.rows + len(batch.codes), dtype=np.int64)
                 add(batch.codes, labels)
-                ids.write(id_rows(batch.columns), labels)
+                ids.write(id_rows(batch.columns, schema), labels)
     if index.ntotal != ids.rows:
         raise RuntimeError(f"index holds {index.ntotal} codes but ids.parquet {ids.rows} rows")
     with timings("write"):

@@ -15,6 +15,10 @@ class Hit(BaseModel):
     box: Box | None = Field(None, description="The encoder's crop box (x0, y0, x1, y1), exclusive, in the image's pixels")
     thumbnail_url: str | None = Field(None, description="GET it for a PNG thumbnail; null without --archive-root")
     overlay_url: str | None = Field(None, description="The thumbnail with saliency map and crop box drawn")
+    age: float | None = Field(None, description="Age in years (label table, else DICOM); null when unknown")
+    sex: str | None = Field(None, description="Sex as stored (label table, else DICOM)")
+    view: str | None = Field(None, description="View position (PA, AP, ...) as stored")
+    is_query: bool = Field(False, description="This archived image is the query itself")
 
 
 class Prediction(BaseModel):
@@ -30,6 +34,9 @@ class Query(BaseModel):
     height: int | None = None
     predicted: list[Prediction] = Field(default_factory=list, description="Classifier outputs of at least 0.5")
     overlay_png: str | None = Field(None, description="data: URL of the query with saliency and box (when overlay=true)")
+    image_png: str | None = Field(None, description="data: URL of the query without overlay (when overlay=true)")
+    archived_image_id: str | None = Field(None, description="The query's own image id when it is in the archive "
+                                                            "(named by query_image_id, or its file name is an id)")
 
 
 class SearchResponse(BaseModel):
@@ -42,6 +49,12 @@ class SearchResponse(BaseModel):
     truncated: bool = Field(False, description="More items tie at the k-th distance than the server's max_k: "
                                                "hits holds the first max_k of them")
     timings_ms: dict[str, float]
+    filter: dict | None = Field(None, description="The filter applied, in its normalized JSON form (patient ids only "
+                                                  "as keyed hashes)")
+    strategy: str | None = Field(None, description="How a filtered search was answered: scan_selected, scan_masked, "
+                                                   "probe_widened, probe_widened+scan_selected or empty")
+    selected: int | None = Field(None, description="Archived items the filter lets through")
+    generation: int = Field(0, description="The index version that answered")
 
 
 class Info(BaseModel):
@@ -57,6 +70,14 @@ class Info(BaseModel):
     thumbnails: bool
     medhash_version: str
     faiss_version: str | None
+    generation: int = 0
+    columns: list[str] = Field(default_factory=list, description="Stored columns a filter can name")
+
+
+class ReloadResult(BaseModel):
+    reloaded: bool = Field(description="A new index version was found and swapped in")
+    generation: int
+    count: int
 
 
 class Health(BaseModel):

@@ -4,6 +4,7 @@
   sha256 (written last: the commit point), FAISS read/write, `index_info`;
 - idmap: ids.parquet, the row -> (label, image_id, path, labels, box) map, streamed batch by batch;
 - idset: duplicate image ids among millions with 8 bytes per id;
+- idlookup: image id -> row by a hash index (16 bytes per row), not a scan;
 - arrow_memory: an Arrow memory pool that returns freed batches to the OS during a build.
 """
 
@@ -11,8 +12,9 @@ from medhash.index._store.arrow_memory import lean_arrow_memory
 from medhash.index._store.folder import (IDS_FILE, INDEX_FILE, MANIFEST_FILE, IndexManifest,
                                          check_compatible, index_info, load_manifest, read_faiss, sha256_file,
                                          write_faiss, write_manifest)
-from medhash.index._store.idmap import (IdRecord, copy_rows_except, id_rows, iter_id_batches, open_id_writer,
-                                        read_column, records_at, rows_of_image_ids)
+from medhash.index._store.idlookup import IdLookup
+from medhash.index._store.idmap import (IdRecord, copy_rows_except, id_rows, id_schema, iter_id_batches, open_id_writer,
+                                        read_id_schema, records_at, rows_of_image_ids)
 from medhash.index._store.idset import IdHashes, confirm_duplicates, find_duplicates
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "INDEX_FILE",
     "MANIFEST_FILE",
     "IdHashes",
+    "IdLookup",
     "IdRecord",
     "IndexManifest",
     "check_compatible",
@@ -27,13 +30,14 @@ __all__ = [
     "copy_rows_except",
     "find_duplicates",
     "id_rows",
+    "id_schema",
     "index_info",
     "iter_id_batches",
     "lean_arrow_memory",
     "load_manifest",
     "open_id_writer",
-    "read_column",
     "read_faiss",
+    "read_id_schema",
     "records_at",
     "rows_of_image_ids",
     "sha256_file",
