@@ -165,9 +165,9 @@ def _wait_for(url: str, generation: int, timeout: float = 30.0) -> float:
 
 
 def test_reload_endpoint_needs_the_token(served_archive):
-    with live_server(served_archive, token="s3cret", reload_poll_ms=0) as url:
+    with live_server(served_archive, token="s3cret-reload-token-1", reload_poll_ms=0) as url:
         assert httpx.post(f"{url}/v1/reload").status_code == 401
-        r = httpx.post(f"{url}/v1/reload", headers={"Authorization": "Bearer s3cret"})
+        r = httpx.post(f"{url}/v1/reload", headers={"Authorization": "Bearer s3cret-reload-token-1"})
         assert r.status_code == 200 and r.json()["reloaded"] is False
 
 
