@@ -14,6 +14,7 @@ from medhash.errors import IndexManifestError, InvalidParameterError
 from medhash.index._search import DEFAULT_POLICY, GpuFlatSearch, Searcher, SearchParams, ThreadPolicy
 from medhash.index._store import (IDS_FILE, INDEX_FILE, IdRecord, IndexManifest, load_manifest, read_column,
                                   read_faiss, records_at)
+from medhash.index.autotune import warn_if_below_tuned
 from medhash.index.kinds import get_kind
 from medhash.index.maintain import UpdateReport, add_codes, remove_images
 
@@ -135,7 +136,7 @@ class HammingIndex:
         """Top-k by Hamming distance for each code (uint8 [B, bits/8] or one code [bits/8]).
 
         with_ties returns every item at the k-th distance too. nprobe (ivf) and ef_search (hnsw)
-        override the index's defaults for this call.
+        override the index's defaults (autotuned at build) for this call; less than the tuned value warns.
         """
         codes = np.asarray(codes, dtype=np.uint8)
         if codes.ndim == 1:
@@ -147,7 +148,9 @@ class HammingIndex:
             raise InvalidParameterError(f"k must be >= 1, got {k}")
         if len(codes) == 0 or len(self) == 0:
             return SearchResult([Hits([], np.empty(0, np.int32), np.empty(0, np.int64)) for _ in codes])
-        found = self._searcher.search(codes, k, with_ties, SearchParams(nprobe=nprobe, ef_search=ef_search))
+        params = SearchParams(nprobe=nprobe, ef_search=ef_search)
+        warn_if_below_tuned(self.manifest.tuning, params)
+        found = self._searcher.search(codes, k, with_ties, params)
         return SearchResult([Hits(None, d, self._rows_of(labels), self._ids_at) for d, labels in found])
 
     def _ids_at(self, rows: np.ndarray) -> list[str]:
