@@ -9,8 +9,9 @@
     python -m benchmarks.realistic_codes --encode MODEL.pt   # rewrite the fixture from a checkpoint
 
 Source. benchmarks/data/nih_dev_codes_64.npy holds the codes of the 1,870 NIH dev images under a
-DenseNet-121 hashing model trained on the dev set (benchmarks.quality_cv's fold-0 `default` cell,
-64 bits, 128 px, encoded in bf16 with one thread; `nih_dev_codes_64.json` says which checkpoint).
+DenseNet-121 hashing model trained on the dev set (benchmarks.quality_cv's `previous_default` cell
+of fold 0: 64 bits, 128 px, trained on the other four folds; encoded in bf16 with one thread;
+`nih_dev_codes_64.json` names the checkpoint and the image id of each row).
 Uniform random codes are the easy case for an inverted index (no structure) and the hard case for
 a flat scan's tie handling; real codes are neither: their bits are correlated and unbalanced, and
 images of the same finding, view or patient sit a few bits apart.
@@ -20,8 +21,13 @@ probability of a 1), fitted by EM to the real codes; K is the one with the best 
 held-out real codes (5-fold cross-validated), so the mixture neither copies the real codes (K = n,
 every synthetic code a noisy copy of one real image, which makes large archives a few thousand
 tight clusters) nor ignores their structure (K = 1, independent bits). A synthetic code draws its
-component, then each bit independently; `component` (per row) lets a caller draw metadata jointly
-with the code: `real_components()` gives each real image's most likely component, so a synthetic
+component, then each bit independently. Independent bits spread a component wider than real codes
+are (their bits are correlated within a finding or view): unsharpened, every synthetic nearest
+neighbour was ~3 bits farther than the real one at every archive size, with the same slope. One
+exponent a (p -> p^a / (p^a + (1-p)^a), `fit_sharpening`) is fitted so that the mean NN distance at
+the real archive size matches; the pairwise distribution, the 10th-neighbour distances and the NN
+curve at the other sizes are not fitted and serve as the check. `component` (per row) lets a
+caller draw metadata jointly with the code: `real_components()` gives each real image's most likely component, so a synthetic
 row can take the labels, sex and age of a random real image of its component (`real_image_ids()`
 names the fixture's rows; the dev labels.csv holds their metadata).
 
@@ -34,7 +40,7 @@ JSON under data_note.realistic_check) compares, real against synthetic at the sa
   real codes (n/16 ... n), and of fresh synthetic queries against synthetic archives of the same
   sizes: the slope of NN distance against log n must match where both exist, and the synthetic curve
   continues it to 1M and 10M (reported, with the k=100th neighbour distance the recall target uses).
-Limits: correlations within a component are dropped (bits independent given the component), and
+Limits: correlations within a component are replaced by the one sharpening exponent, and
 near-duplicates (follow-up images of one patient) are not modelled beyond what the components
 capture, so the very nearest neighbours of real large archives may be somewhat closer than here.
 """
@@ -49,8 +55,9 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["BernoulliMixture", "encode_real_codes", "fit_mixture", "iter_realistic_codes", "load_real_codes",
-           "real_components", "real_image_ids", "realistic_codes", "realistic_model", "validate"]
+__all__ = ["BernoulliMixture", "encode_real_codes", "fit_mixture", "fit_sharpening", "iter_realistic_codes",
+           "load_real_codes", "real_components", "real_image_ids", "realistic_codes", "realistic_model", "sharpened",
+           "validate"]
 
 DATA = Path(__file__).resolve().parent / "data"
 REAL_CODES = DATA / "nih_dev_codes_64.npy"
@@ -93,8 +100,7 @@ def fit_mixture(bits: np.ndarray, k: int, seed: int = 0, iterations: int = 200, 
     """EM with a Beta(prior, prior) prior on each bit probability (keeps small components off 0/1)."""
     rng = np.random.default_rng(seed)
     bits = bits.astype(np.float64)
-    # Start from K real codes (k-means++-like spread is not needed at these sizes), softened.
-    start = bits[rng.choice(len(bits), size=k, replace=False)]
+    start = bits[_spread_seeds(bits, k, rng)]  # softened real codes, spread like k-means++
     model = BernoulliMixture(np.full(k, 1.0 / k), 0.25 + 0.5 * start)
     previous = -np.inf
     for _ in range(iterations):
@@ -108,6 +114,22 @@ def fit_mixture(bits: np.ndarray, k: int, seed: int = 0, iterations: int = 200, 
             break
         previous = ll
     return model
+
+
+def _spread_seeds(bits: np.ndarray, k: int, rng) -> np.ndarray:
+    """k-means++ seeding in Hamming distance: next seeds drawn with probability ~ distance^2 to the chosen."""
+    chosen = [int(rng.integers(len(bits)))]
+    nearest = np.abs(bits - bits[chosen[0]]).sum(axis=1)
+    for _ in range(1, k):
+        weight = nearest ** 2
+        if not weight.sum():
+            pick = int(rng.integers(len(bits)))
+        else:  # greedy k-means++: of a few candidates drawn so, the farthest (two seeds in one cluster trap EM)
+            candidates = rng.choice(len(bits), size=4, p=weight / weight.sum())
+            pick = int(candidates[np.argmax(nearest[candidates])])
+        chosen.append(pick)
+        nearest = np.minimum(nearest, np.abs(bits - bits[pick]).sum(axis=1))
+    return np.asarray(chosen)
 
 
 def unpack(codes: np.ndarray) -> np.ndarray:
@@ -165,13 +187,42 @@ def choose_k(bits: np.ndarray, seed: int = 0, folds: int = 5) -> dict[int, float
     return scores
 
 
+def sharpened(model: BernoulliMixture, exponent: float) -> BernoulliMixture:
+    """Each bit probability p -> p^a / (p^a + (1-p)^a): a > 1 pulls components' codes closer together."""
+    p = np.clip(model.probs, 1e-9, 1 - 1e-9)
+    return BernoulliMixture(model.weights, p ** exponent / (p ** exponent + (1 - p) ** exponent))
+
+
+def _nn_mean(queries: np.ndarray, archive: np.ndarray) -> float:
+    return float(_distances(queries, archive, 1)[:, 0].mean())
+
+
+def fit_sharpening(model: BernoulliMixture, real: np.ndarray, seed: int = 0, queries: int = 300) -> float:
+    """The exponent whose synthetic NN distance at the real archive size equals the real one (bisection)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(real))
+    target = _nn_mean(real[order[:queries]], real[order[queries:]])
+    low, high = 1.0, 4.0
+    for _ in range(12):
+        mid = (low + high) / 2
+        draw = sharpened(model, mid).sample(np.random.default_rng(seed + 1), len(real))[0]
+        if _nn_mean(draw[:queries], draw[queries:]) > target:
+            low = mid
+        else:
+            high = mid
+    return round((low + high) / 2, 3)
+
+
 @lru_cache(maxsize=1)
 def realistic_model(seed: int = 0) -> tuple[BernoulliMixture, dict]:
-    """The mixture fitted to all real codes with the cross-validated K, and the K scores."""
-    bits = unpack(load_real_codes())
+    """The mixture fitted to all real codes with the cross-validated K, sharpened to the real NN distance."""
+    real = load_real_codes()
+    bits = unpack(real)
     scores = choose_k(bits, seed)
     k = max(scores, key=scores.get)
-    return fit_mixture(bits, k, seed), {"k": k, "heldout_loglik_per_code": scores}
+    model = fit_mixture(bits, k, seed)
+    exponent = fit_sharpening(model, real, seed)
+    return sharpened(model, exponent), {"k": k, "heldout_loglik_per_code": scores, "sharpening_exponent": exponent}
 
 
 def iter_realistic_codes(n: int, seed: int = 0, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -15,7 +15,7 @@ def test_mixture_recovers_clusters_and_samples_reproducibly():
     assert np.allclose(np.sort(model.weights).sum(), 1.0)
     # Each centre is one component's most likely code.
     modes = (model.probs > 0.5).astype(np.uint8)
-    assert all(np.abs(modes - c).sum(axis=1).min() <= 2 for c in centres)
+    assert all(np.abs(modes.astype(int) - c).sum(axis=1).min() <= 2 for c in centres)
     a, ca = model.sample(np.random.default_rng(1), 50)
     b, cb = model.sample(np.random.default_rng(1), 50)
     assert a.shape == (50, 8) and a.dtype == np.uint8 and np.array_equal(a, b) and np.array_equal(ca, cb)
