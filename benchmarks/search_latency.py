@@ -324,6 +324,9 @@ def machine() -> dict:
             "faiss_simd": faiss.SIMDConfig.get_level_name() if hasattr(faiss, "SIMDConfig") else None}
 
 
+RUN_NOTES = ("started", "machine", "thread_policy", "seconds", "load_note", "merge_note", "merged_from")
+
+
 def merge_previous(result: dict, previous: dict) -> None:
     """Carry over the previous file's cells that this run did not measure (and its build memory, OpenMP study)."""
     measured = {(r["n"], r["data"]) for r in result["rows"]}
@@ -335,6 +338,11 @@ def merge_previous(result: dict, previous: dict) -> None:
     for key in ("build_memory", "build_memory_history", "omp_study"):
         if key not in result and key in previous:
             result[key] = previous[key]
+    # The carried rows were measured under the earlier runs' machine state and load: keep those notes.
+    earlier = {key: previous[key] for key in RUN_NOTES if key in previous}
+    result["previous_runs"] = previous.get("previous_runs", []) + [earlier]
+    for key, note in previous.get("data_note", {}).items():
+        result.setdefault("data_note", {}).setdefault(key, note)
     result["merged_from"] = previous.get("started")
 
 

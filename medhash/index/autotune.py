@@ -104,7 +104,8 @@ def tune(kind, index, params: dict, truth: ExactTruth, config: TuneConfig, expli
     `explicit`: parameter names the user set, which are measured but never changed."""
     target, k = config.target_recall, min(truth.k, max(1, int(index.ntotal) - 1))
     knob = kind.tuning_knob
-    record = {"target_recall": target, "k": k, "queries": int(len(truth.queries)),
+    # archive_count: later adds and removals change the recall a setting gets; rebuild to retune.
+    record = {"target_recall": target, "k": k, "queries": int(len(truth.queries)), "archive_count": int(index.ntotal),
               "queries_from": "archive codes, each excluded from its own results"}
     searcher = kind.searcher(index, params, ONE_THREAD, False)
     if knob is None or knob in explicit:
