@@ -48,9 +48,11 @@ def test_autotune_reaches_its_target_on_held_out_queries(archive, tmp_path, kind
     assert tuning["knob"] == knob and tuning["chosen_by"] == "autotune"
     assert tuning["recall"] >= 0.95 and tuning["k"] == 50 and tuning["queries"] == 300
     assert manifest.params[knob] == tuning["value"]
-    assert tuning["tried"][-1][knob] == tuning["value"]
-    if len(tuning["tried"]) > 1:  # the value before the chosen one fell short: the cheapest was picked
-        assert tuning["tried"][-2]["recall"] < 0.95
+    values = [row[knob] for row in tuning["tried"]]
+    chosen = values.index(tuning["value"])
+    assert values == sorted(values) and tuning["tried"][chosen]["recall"] >= 0.95
+    if chosen > 0:  # the value just below the chosen one fell short: the cheapest was picked
+        assert tuning["tried"][chosen - 1]["recall"] < 0.95 and values[chosen - 1] == tuning["value"] - 1
     assert tuning["latency_ms_per_query"] > 0 and tuning["memory_bytes"]["index_file"] > 0
     index = HammingIndex(tmp_path / "idx")
     # The tuned value is the search default, and generalises to queries that are not in the archive.
