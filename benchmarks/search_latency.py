@@ -2,17 +2,23 @@
 
     python -m benchmarks.search_latency                    # 1M and 10M codes
     python -m benchmarks.search_latency --sizes 100000     # quick run
+    python -m benchmarks.search_latency --data realistic --search-threads 1 --merge \
+        --kinds flat,ivf,ivf:nlist=16384,hnsw           # model-like codes, one thread for everyone
 
 For each size n and data distribution (uniform random 64-bit codes; clustered codes = cluster
 centres with independent bit flips, or real codes from --clustered-codes replicated with bit
-noise), the codes are written as Parquet shards in the pipeline layout and every kind is built
+noise; realistic codes = benchmarks.realistic_codes, a Bernoulli mixture fitted to the codes of a
+model trained on the NIH dev set, whose check against the real codes is written to
+data_note.realistic_check), the codes are written as Parquet shards in the pipeline layout and every kind is built
 from them with `build_index`, then searched through `HammingIndex.search`, which returns rows and
 distances (image ids are looked up on first access; that lookup is timed separately per cell as
 `image_id_lookup_ms_p50`, 100 ids from ids.parquet's id column).
 Single-query latencies are measured in interleaved blocks (every kind in turn), so a load spike
 from other work on the machine hits all kinds alike. Recall counts ties: a returned item at the
-exact k-th distance or closer is a hit. Approximate kinds are swept (nprobe / ef_search) and
-reported at the cheapest setting with recall@100 >= 0.95. The peak RSS of `index build` at the
+exact k-th distance or closer is a hit. Approximate kinds are searched with the setting that
+`build_index` autotuned (medhash.index.autotune: the cheapest nprobe / ef_search reaching recall@100
+0.95 on archive codes); their rows carry that record and the recall measured here on fresh queries.
+A kind may be given with parameters (`ivf:nlist=16384`), reported as `ivf[nlist=16384]`. The peak RSS of `index build` at the
 largest size is measured in a fresh subprocess. Output: benchmarks/results/search_latency.json.
 """
 
@@ -32,6 +38,7 @@ import faiss
 import numpy as np
 
 from benchmarks.common import REPO, RESULTS, write_result
+from benchmarks.realistic_codes import realistic_codes, validate
 from medhash.bench.machine import machine_info
 from medhash.codes_format import write_code_shard, write_codes_manifest
 from medhash.index import BuildConfig, HammingIndex, ThreadPolicy, build_index
@@ -40,8 +47,6 @@ BITS = 64
 K = 100
 MODEL_ID = "benchmark-synthetic"
 SHARD_ROWS = 1_000_000
-APPROX_SWEEPS = {"ivf": ("nprobe", [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]),
-                 "hnsw": ("ef_search", [100, 128, 192, 256, 384, 512, 768, 1024])}
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -116,23 +121,6 @@ class Ours:
     def search(self, q, k, **_) -> list[np.ndarray]:
         faiss.omp_set_num_threads(1)
         return self.index.search(q, k, **self.params).distances
-
-
-def sweep(index: HammingIndex, kind: str, queries: np.ndarray, exact100: np.ndarray) -> tuple[dict, list]:
-    name, values = APPROX_SWEEPS[kind]
-    limit = index.manifest.params.get("nlist", 10**9)
-    tried = []
-    for value in values:
-        if kind == "ivf" and value > limit:
-            break
-        t = time.perf_counter()
-        res = index.search(queries, K, **{name: value})
-        per_query_ms = (time.perf_counter() - t) * 1e3 / len(queries)
-        recall = tie_aware_recall(res.distances, exact100, K)
-        tried.append({name: value, "recall_at_100": recall, "batch_ms_per_query": round(per_query_ms, 4)})
-        if recall >= 0.95:
-            return {name: value}, tried
-    return {name: tried[-1][name]}, tried
 
 
 def measure(searchers: dict, queries: np.ndarray, rounds: int, block: int) -> dict[str, list[float]]:
@@ -242,6 +230,20 @@ def build_memory(codes_dir: Path, work: Path) -> dict:
     return probe
 
 
+def parse_kind(spec: str) -> tuple[str, dict]:
+    """"ivf:nlist=16384,nprobe=8" -> ("ivf", {"nlist": 16384, "nprobe": 8})."""
+    kind, _, rest = spec.partition(":")
+    return kind, {k: int(v) for k, v in (item.split("=") for item in rest.split("+") if item)}
+
+
+def make_data(data: str, rng, n: int, centers: np.ndarray, args) -> np.ndarray:
+    if data == "random":
+        return random_codes(rng, n)
+    if data == "realistic":
+        return realistic_codes(n, seed=int(rng.integers(2**31)))[0]
+    return clustered_codes(rng, n, centers, args.flip)
+
+
 # -- one (n, data) cell ------------------------------------------------------------------------
 def run_cell(n: int, data: str, codes: np.ndarray, queries: np.ndarray, args, work: Path) -> tuple[list, dict]:
     codes_dir = work / f"codes-{data}-{n}"
@@ -256,21 +258,26 @@ def run_cell(n: int, data: str, codes: np.ndarray, queries: np.ndarray, args, wo
     del truth
     exact10, exact100 = exact_d[:, 9], exact_d[:, K - 1]
 
-    searchers, meta = {"faiss_flat_raw": Raw(codes, None), "faiss_flat_raw_omp1": Raw(codes, 1)}, {}
-    kinds = [k for k in args.kinds if not (k == "hnsw" and n > args.hnsw_max_n)]
+    if args.search_threads:  # everyone on the same number of threads
+        searchers = {f"faiss_flat_raw_omp{args.search_threads}": Raw(codes, args.search_threads)}
+        policy = ThreadPolicy(search_threads=args.search_threads)
+    else:
+        searchers, policy = {"faiss_flat_raw": Raw(codes, None), "faiss_flat_raw_omp1": Raw(codes, 1)}, ThreadPolicy()
+    meta = {}
+    kinds = [k for k in args.kinds if not (k.startswith("hnsw") and n > args.hnsw_max_n)]
     if len(kinds) < len(args.kinds):
         notes["skipped"] = f"hnsw above {args.hnsw_max_n} codes: single-threaded graph build takes too long here"
-    for kind in kinds:
-        idx_dir = work / f"idx-{kind}-{data}-{n}"
+    for spec in kinds:
+        kind, params = parse_kind(spec)
+        name = kind if not params else f"{kind}[{','.join(f'{k}={v}' for k, v in params.items())}]"
+        idx_dir = work / f"idx-{name}-{data}-{n}"
         t = time.perf_counter()
-        build_index(codes_dir, idx_dir, BuildConfig(kind=kind, overwrite=True))
+        build_index(codes_dir, idx_dir, BuildConfig(kind=kind, params=params, overwrite=True))
         build_s = time.perf_counter() - t
-        index = HammingIndex(idx_dir, verify=False)
-        params, tried = ({}, None) if kind not in APPROX_SWEEPS else sweep(index, kind, queries[:args.sweep_queries],
-                                                                          exact100[:args.sweep_queries])
-        searchers[kind] = Ours(index, params)
-        meta[kind] = {"params": {**index.manifest.params, **params}, "build_s": round(build_s, 2),
-                      "index_bytes": (idx_dir / "index.faiss").stat().st_size, "sweep": tried,
+        index = HammingIndex(idx_dir, verify=False, policy=policy)
+        searchers[name] = Ours(index, {})
+        meta[name] = {"params": index.manifest.params, "build_s": round(build_s, 2),
+                      "index_bytes": (idx_dir / "index.faiss").stat().st_size, "tuning": index.manifest.tuning,
                       "exact": kind in ("flat", "multihash")}
     shutil.rmtree(codes_dir)
 
@@ -283,6 +290,7 @@ def run_cell(n: int, data: str, codes: np.ndarray, queries: np.ndarray, args, wo
             lookups.append((time.perf_counter() - t) * 1000)
         notes["image_id_lookup_ms_p50"] = round(float(np.percentile(lookups, 50)), 4)
 
+    notes["load_avg_before_timing"] = [round(x, 2) for x in os.getloadavg()]
     rounds = max(1, args.single_queries // args.block)
     times = measure(searchers, queries, rounds, args.block)
     rows = []
@@ -293,16 +301,19 @@ def run_cell(n: int, data: str, codes: np.ndarray, queries: np.ndarray, args, wo
                "batch_qps": batch_qps(s, queries[:args.batch_queries]),
                "recall_at_10": tie_aware_recall(res10, exact10, 10),
                "recall_at_100": tie_aware_recall(res100, exact100, K)}
+        row["batch_recall_at_100"] = tie_aware_recall(s.search(queries[:args.batch_queries], K),
+                                                      exact_d[:args.batch_queries, K - 1], K)
         if name in meta:
             row.update(meta[name])
             if name == "multihash":
                 row["flat_fallbacks"] = s.index._searcher.fallbacks
-        row["threads"] = {"omp": searchers[name].omp} if isinstance(s, Raw) else {
+        row["threads"] = {"omp": s.omp} if isinstance(s, Raw) else {
             "omp": 1, "search_threads": s.index.policy.search_threads}
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
-    for kind in kinds:
-        shutil.rmtree(work / f"idx-{kind}-{data}-{n}", ignore_errors=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "tuning"}), flush=True)
+    for name in meta:
+        shutil.rmtree(work / f"idx-{name}-{data}-{n}", ignore_errors=True)
+    notes["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     return rows, notes
 
 
@@ -311,6 +322,9 @@ def machine() -> dict:
 
     return {**machine_info(), "pyarrow": pyarrow.__version__,
             "faiss_simd": faiss.SIMDConfig.get_level_name() if hasattr(faiss, "SIMDConfig") else None}
+
+
+RUN_NOTES = ("started", "machine", "thread_policy", "seconds", "load_note", "merge_note", "merged_from")
 
 
 def merge_previous(result: dict, previous: dict) -> None:
@@ -324,6 +338,11 @@ def merge_previous(result: dict, previous: dict) -> None:
     for key in ("build_memory", "build_memory_history", "omp_study"):
         if key not in result and key in previous:
             result[key] = previous[key]
+    # The carried rows were measured under the earlier runs' machine state and load: keep those notes.
+    earlier = {key: previous[key] for key in RUN_NOTES if key in previous}
+    result["previous_runs"] = previous.get("previous_runs", []) + [earlier]
+    for key, note in previous.get("data_note", {}).items():
+        result.setdefault("data_note", {}).setdefault(key, note)
     result["merged_from"] = previous.get("started")
 
 
@@ -348,12 +367,15 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000000,10000000",
                     help="comma-separated code counts ('' runs only the OpenMP study)")
     ap.add_argument("--data", default="random,clustered")
-    ap.add_argument("--kinds", default="flat,multihash,ivf,hnsw")
+    ap.add_argument("--kinds", default="flat,multihash,ivf,hnsw",
+                    help="comma-separated; a kind may carry build parameters: ivf:nlist=16384+train_per_list=16")
+    ap.add_argument("--search-threads", type=int, default=0,
+                    help="threads for every searcher, medhash and raw FAISS alike (0: medhash's default policy, "
+                         "raw FAISS with its default OpenMP threads and with 1)")
     ap.add_argument("--single-queries", type=int, default=200)
     ap.add_argument("--block", type=int, default=25, help="queries per kind per interleaved round")
     ap.add_argument("--batch-queries", type=int, default=500)
     ap.add_argument("--recall-queries", type=int, default=100)
-    ap.add_argument("--sweep-queries", type=int, default=100)
     ap.add_argument("--hnsw-max-n", type=int, default=1_000_000)
     ap.add_argument("--centers", type=int, default=4096)
     ap.add_argument("--flip", type=float, default=0.06, help="bit-flip probability around each centre")
@@ -381,7 +403,11 @@ def main() -> None:
         return
     centers, clustered_note = load_centers(args, rng)
     result["data_note"] = {"random": "uniform random 64-bit codes", "clustered": clustered_note,
+                           "realistic": "benchmarks.realistic_codes: Bernoulli mixture fitted to NIH dev-set model codes",
                            "queries": "fresh draws from the same distribution (not indexed codes)"}
+    if "realistic" in args.data:
+        result["data_note"]["realistic_check"] = validate()
+        print(json.dumps({"realistic_check": result["data_note"]["realistic_check"]}), flush=True)
     if args.omp_study_n:
         result["omp_study"] = omp_study(args.omp_study_n, rng)
         print(json.dumps({"omp_study": result["omp_study"]}), flush=True)
@@ -389,9 +415,8 @@ def main() -> None:
     try:
         for n in sizes:
             for data in [d for d in args.data.split(",") if d]:
-                codes = random_codes(rng, n) if data == "random" else clustered_codes(rng, n, centers, args.flip)
-                queries = (random_codes(rng, 1000) if data == "random"
-                           else clustered_codes(rng, 1000, centers, args.flip))
+                codes = make_data(data, rng, n, centers, args)
+                queries = make_data(data, rng, 1000, centers, args)
                 if data == "random" and n == memory_n:
                     write_shards(work / "mem-codes", codes)
                     result["build_memory"] = {"n": n, **build_memory(work / "mem-codes", work)}

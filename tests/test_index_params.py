@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from medhash.errors import InvalidParameterError
-from medhash.index import BuildConfig, build_index
+from medhash.index import BuildConfig, TuneConfig, build_index
 from medhash.index.kinds import KINDS
 from tests.test_index import write_codes
 
@@ -67,7 +67,8 @@ def test_bad_index_params_are_one_line_errors_under_a_memory_limit(small_codes, 
 
 
 def test_valid_overrides_build_and_derive_the_rest(small_codes, tmp_path):
-    manifest = build_index(small_codes, tmp_path / "ivf", BuildConfig(kind="ivf", params={"nlist": 4}))
+    untuned = TuneConfig(target_recall=None)  # autotuning would replace the derived nprobe
+    manifest = build_index(small_codes, tmp_path / "ivf", BuildConfig(kind="ivf", params={"nlist": 4}, tune=untuned))
     assert manifest.params["nlist"] == 4 and manifest.params["nprobe"] == 1  # derived from the given nlist
     manifest = build_index(small_codes, tmp_path / "mih", BuildConfig(kind="multihash", params={"b": 16}))
     assert manifest.params["b"] == 16 and manifest.params["nhash"] == 4

@@ -68,19 +68,38 @@ def index_group() -> None:
 @click.option("--gpu", is_flag=True, help="Train the IVF quantizer on the GPU (needs faiss-gpu and a GPU).")
 @click.option("--faiss-threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="FAISS OpenMP threads while building (more only helps on an otherwise idle machine).")
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="ivf/hnsw: pick the cheapest nprobe / ef_search whose recall@k, measured on a sample of the "
+                   "archive's own codes, reaches this (0: keep the size-derived defaults, measure nothing).")
+@click.option("--recall-k", type=click.IntRange(min=1), default=100, show_default=True,
+              help="The k of the recall target.")
+@click.option("--tune-queries", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Archive codes drawn as autotuning queries.")
 @json_option()
-def build_cmd(codes, out, kind, params, overwrite, gpu, faiss_threads, as_json) -> None:
+def build_cmd(codes, out, kind, params, overwrite, gpu, faiss_threads, target_recall, recall_k, tune_queries,
+              as_json) -> None:
     """Build an index from Parquet code shards (streamed batch by batch)."""
     log.info("index build: %s index of the codes in %s -> %s", kind, codes, out)
     from dataclasses import asdict
 
-    from medhash.index import BuildConfig, build_index
+    from medhash.index import BuildConfig, TuneConfig, build_index
 
+    tune = TuneConfig(target_recall=target_recall or None, k=recall_k, queries=tune_queries)
     manifest = build_index(codes, out, BuildConfig(kind=kind, params=_parse_params(params), overwrite=overwrite,
-                                                   gpu=gpu, threads=faiss_threads))
+                                                   gpu=gpu, threads=faiss_threads, tune=tune))
     emit(as_json, asdict(manifest),
           f"built {manifest.kind} index of {manifest.count} codes ({manifest.bits} bits, model {manifest.model_id}) "
-          f"in {out}; params {manifest.params}; skipped rows {manifest.skipped_rows}")
+          f"in {out}; params {manifest.params}; skipped rows {manifest.skipped_rows}"
+          + (f"\n{_tuning_line(manifest.tuning)}" if manifest.tuning else ""))
+
+
+def _tuning_line(tuning: dict) -> str:
+    if not tuning:
+        return "not tuned"
+    setting = f"{tuning['knob']}={tuning['value']} ({tuning['chosen_by']})" if tuning.get("knob") else tuning["chosen_by"]
+    return (f"{setting}: recall@{tuning['k']} {tuning['recall']} on {tuning['queries']} archive queries "
+            f"(target {tuning['target_recall']}), ~{tuning['latency_ms_per_query']} ms/query in a 1-thread batch, "
+            f"index file {tuning.get('memory_bytes', {}).get('index_file', '?')} bytes")
 
 
 @index_group.command("add", cls=MedhashCommand)
@@ -131,6 +150,7 @@ def info_cmd(index_dir, no_verify, as_json) -> None:
     lines = [f"{key}: {info[key]}" for key in ("kind", "model_id", "bits", "count", "params", "file_bytes",
                                                 "created_at", "updated_at", "faiss_version", "medhash_version",
                                                 "checksums_verified")]
+    lines.append(f"tuning: {_tuning_line(info.get('tuning') or {})}")
     emit(as_json, info, "\n".join(lines))
 
 

@@ -14,6 +14,8 @@ The design, one module or subpackage each:
   neighbour ordering and tie rules, and the thread policy;
 - _store: the index folder (index.faiss, ids.parquet, manifest.json with checksums);
 - build: codes folder -> index folder, streaming; maintain: add and remove in place;
+- autotune: the search knob (nprobe / ef_search) tuned at build time to a recall target measured
+  on the archive's own codes, recorded in the manifest;
 - filters: the filter syntax (labels, view, sex, age, not the same patient, any stored column);
   selection: a filter evaluated over ids.parquet into cached row selections;
 - hamming_index: `HammingIndex`, an opened folder that answers searches, filtered or not.
@@ -23,6 +25,7 @@ this package stays cheap; nothing here imports torch or the model.
 
 from medhash.index._search import DEFAULT_POLICY, SearchParams, ThreadPolicy, gpu_support
 from medhash.index._store import IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdRecord, IndexManifest, index_info, load_manifest
+from medhash.index.autotune import DEFAULT_TARGET_RECALL, TuneConfig
 from medhash.index.build import BuildConfig, build_index
 from medhash.index.filters import Filter, FilterError, parse_filter
 from medhash.index.hamming_index import HammingIndex, Hits, SearchResult
@@ -31,6 +34,7 @@ from medhash.index.maintain import UpdateReport, add_codes, remove_images
 
 __all__ = [
     "DEFAULT_POLICY",
+    "DEFAULT_TARGET_RECALL",
     "IDS_FILE",
     "INDEX_FILE",
     "KINDS",
@@ -45,6 +49,7 @@ __all__ = [
     "SearchParams",
     "SearchResult",
     "ThreadPolicy",
+    "TuneConfig",
     "UpdateReport",
     "add_codes",
     "build_index",

@@ -18,6 +18,7 @@ import numpy as np
 from medhash.codes_format import BATCH_ROWS, CodeShard, iter_batches, open_shards
 from medhash.errors import DuplicateImageIdError, IndexManifestError
 from medhash.index._search import omp_threads
+from medhash.index.autotune import ExactTruth, TuneConfig, tune
 from medhash.index._store import (IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdHashes, IndexManifest, confirm_duplicates,
                                   id_rows, id_schema, lean_arrow_memory, open_id_writer, write_faiss, write_manifest)
 from medhash.index.kinds import get_kind
@@ -40,6 +41,7 @@ class BuildConfig:
     # HNSW add of 50k codes took 4.0 s with 1 thread and 6.1 s with 2 (3k codes: 0.12 vs 0.96 s),
     # because OpenMP barriers wait for a thread the busy core has descheduled. Raise it on an idle box.
     threads: int = 1
+    tune: TuneConfig = field(default_factory=TuneConfig)  # autotune the search knob to a recall target
 
 
 @dataclass
@@ -47,15 +49,24 @@ class InputScan:
     rows: int  # valid rows
     skipped: int  # rows with a null code or image_id
     train_codes: np.ndarray | None
+    query_codes: np.ndarray  # archive codes drawn for autotuning
+    query_labels: np.ndarray  # their valid-row positions == their FAISS labels in pass 2
+
+
+def _draw(rng, total: int, rows: int) -> np.ndarray:
+    return np.sort(rng.choice(total, size=min(rows, total), replace=False)) if rows else np.empty(0, np.int64)
 
 
 def scan_inputs(shards: list[CodeShard], sample_rows: int, batch_rows: int, seed: int,
-                where: str | Path) -> InputScan:
-    """Pass 1: count, refuse duplicate ids, draw a uniform training sample of `sample_rows` codes."""
+                where: str | Path, query_rows: int = 0) -> InputScan:
+    """Pass 1: count, refuse duplicate ids, draw a uniform training sample of `sample_rows` codes
+    (and `query_rows` codes as autotuning queries)."""
     total = sum(s.rows for s in shards)
     rng = np.random.default_rng(seed)
-    positions = np.sort(rng.choice(total, size=min(sample_rows, total), replace=False)) if sample_rows else np.empty(0, np.int64)
+    positions = _draw(rng, total, sample_rows)
+    query_positions = _draw(rng, total, query_rows)
     picked: list[np.ndarray] = []
+    queries: list[np.ndarray] = []
     hashes = IdHashes(total)
     rows = skipped = 0
     for shard in shards:
@@ -64,6 +75,9 @@ def scan_inputs(shards: list[CodeShard], sample_rows: int, batch_rows: int, seed
             lo, hi = np.searchsorted(positions, [rows, rows + n])
             if hi > lo:
                 picked.append(batch.codes[positions[lo:hi] - rows].copy())
+            lo, hi = np.searchsorted(query_positions, [rows, rows + n])
+            if hi > lo:
+                queries.append(batch.codes[query_positions[lo:hi] - rows].copy())
             hashes.add(batch.image_ids)
             rows += n
             skipped += batch.skipped
@@ -74,7 +88,9 @@ def scan_inputs(shards: list[CodeShard], sample_rows: int, batch_rows: int, seed
         if dups:
             raise DuplicateImageIdError(where, sorted(dups), len(dups))
     train = np.concatenate(picked) if picked else None
-    return InputScan(rows, skipped, train)
+    query_labels = query_positions[query_positions < rows]  # positions past the valid rows drew nothing
+    query_codes = np.concatenate(queries) if queries else np.empty((0, shards[0].bits // 8), np.uint8)
+    return InputScan(rows, skipped, train, query_codes, query_labels)
 
 
 def build_index(codes_dir: str | Path, out_dir: str | Path, config: BuildConfig = BuildConfig()) -> IndexManifest:
@@ -98,8 +114,10 @@ def _build(codes_dir: Path, out_dir: Path, config: BuildConfig) -> IndexManifest
     total_rows = sum(s.rows for s in shards)
     params = kind.resolve_params(total_rows, bits, config.params)
 
+    tuning = config.tune.target_recall is not None
     with timings("scan"):
-        scan = scan_inputs(shards, kind.train_rows(params, total_rows), config.batch_rows, config.seed, codes_dir)
+        scan = scan_inputs(shards, kind.train_rows(params, total_rows), config.batch_rows, config.seed, codes_dir,
+                           query_rows=config.tune.queries if tuning else 0)
     if scan.rows == 0:
         raise IndexManifestError(codes_dir, "no valid rows to index (every code or image_id is null)")
     kind.check_fit(params, scan.rows, bits)  # again on the valid rows: null rows were counted above
@@ -112,19 +130,30 @@ def _build(codes_dir: Path, out_dir: Path, config: BuildConfig) -> IndexManifest
     del scan.train_codes
     # The metadata columns of the codes folder travel into ids.parquet, where filters read them.
     schema = id_schema(shards[0].metadata)
+    truth = ExactTruth(scan.query_codes, scan.query_labels, config.tune.k)
     with timings("add"), open_id_writer(out_dir / IDS_FILE, schema) as ids:
         add = kind.bulk_adder(index, scan.rows)
         for shard in shards:
             for batch in iter_batches(shard, with_ids=True, batch_rows=config.batch_rows):
                 labels = np.arange(ids.rows, ids.rows + len(batch.codes), dtype=np.int64)
                 add(batch.codes, labels)
+                if tuning:
+                    truth.update(batch.codes)
                 ids.write(id_rows(batch.columns, schema), labels)
     if index.ntotal != ids.rows:
         raise RuntimeError(f"index holds {index.ntotal} codes but ids.parquet {ids.rows} rows")
+    record = {}
+    if tuning and ids.rows > 1:
+        with timings("tune"):
+            params, record = tune(kind, index, params, truth, config.tune, set(config.params))
+        kind.apply_search_params(index, params)
     with timings("write"):
         write_faiss(index, out_dir / INDEX_FILE)
+        if record:
+            record["memory_bytes"] = {"index_file": (out_dir / INDEX_FILE).stat().st_size}
         manifest = write_manifest(out_dir, IndexManifest(
             model_id=model_id, bits=bits, kind=kind.name, params=params, count=ids.rows,
-            next_label=ids.rows, skipped_rows=scan.skipped, build_seconds=timings.as_dict()))
-    log.info("built %s index of %d codes in %s: %s", kind.name, ids.rows, out_dir, timings.as_dict())
+            next_label=ids.rows, skipped_rows=scan.skipped, build_seconds=timings.as_dict(), tuning=record))
+    log.info("built %s index of %d codes in %s", kind.name, ids.rows, out_dir)
+    log.debug("index build timings: %s", timings.as_dict())
     return manifest

@@ -22,6 +22,7 @@ from medhash.index._search import (DEFAULT_POLICY, FilteredSearch, GpuFlatSearch
 from medhash.index._store import (IDS_FILE, INDEX_FILE, IdLookup, IdRecord, IndexManifest, load_manifest, read_faiss,
                                   records_at)
 from medhash.index.filters import Filter, parse_filter
+from medhash.index.autotune import warn_if_below_tuned
 from medhash.index.kinds import get_kind
 from medhash.index.maintain import UpdateReport, add_codes, remove_images
 from medhash.index.selection import MetadataSelector, Selection
@@ -178,9 +179,9 @@ class HammingIndex:
         """Top-k by Hamming distance for each code (uint8 [B, bits/8] or one code [bits/8]).
 
         with_ties returns every item at the k-th distance too. nprobe (ivf) and ef_search (hnsw)
-        override the index's defaults for this call. filter (medhash.index.filters: compact text,
-        JSON text, dict or Filter) restricts the answer to the items it lets through; FilterError
-        when it is malformed or names a column the index lacks.
+        override the index's defaults (autotuned at build) for this call; less than the tuned value warns.
+        filter (medhash.index.filters: compact text, JSON text, dict or Filter) restricts the answer to
+        the items it lets through; FilterError when it is malformed or names a column the index lacks.
         """
         flt = parse_filter(filter)
         codes = np.asarray(codes, dtype=np.uint8)
@@ -199,6 +200,7 @@ class HammingIndex:
                                 strategy, selection.count)
         if len(codes) == 0 or len(self) == 0:
             return SearchResult([Hits([], np.empty(0, np.int32), np.empty(0, np.int64)) for _ in codes])
+        warn_if_below_tuned(self.manifest.tuning, params)
         found = self._searcher.search(codes, k, with_ties, params)
         return SearchResult([Hits(None, d, self._rows_of(labels), self._ids_at) for d, labels in found])
 

@@ -54,6 +54,14 @@ class IndexKind:
     dense_labels: bool = True  # FAISS label == row position
     needs_training: bool = False
     param_specs: tuple[ParamSpec, ...] = ()
+    tuning_knob: str | None = None  # the search-time parameter medhash.index.autotune tunes (None: exact kind)
+
+    def knob_values(self, params: dict, k: int) -> list[int]:
+        """Values of `tuning_knob` to try, cheapest first (autotune stops at the first reaching its target)."""
+        return []
+
+    def apply_search_params(self, index, params: dict) -> None:
+        """Store the search defaults in the FAISS index itself, so that plain FAISS reading the file uses them."""
 
     def default_params(self, n: int, bits: int, given: dict | None = None) -> dict:
         """Parameters chosen from the index size; those not `given` are derived from the `given` ones."""
@@ -220,6 +228,14 @@ class IVFKind(IndexKind):
         ParamSpec("train_per_list", 1, 4_096, "training codes drawn per list"),
     )
 
+    tuning_knob = "nprobe"
+
+    def apply_search_params(self, index, params):
+        index.nprobe = int(params["nprobe"])
+
+    def knob_values(self, params, k):
+        return [v for v in _geometric(1, params["nlist"]) if v <= params["nlist"]]
+
     def default_params(self, n, bits, given=None):
         # nlist ~ 4 sqrt(n) (power of two; FAISS's guide says 4-16 sqrt(n)), never more lists than 39
         # training codes each can support, and at most 4096: k-means cost grows with nlist x training
@@ -278,6 +294,14 @@ class HNSWKind(IndexKind):
         ParamSpec("ef_construction", 1, MAX_EF, "candidate list while building"),
         ParamSpec("ef_search", 1, MAX_EF, "candidate list while searching"),
     )
+
+    tuning_knob = "ef_search"
+
+    def apply_search_params(self, index, params):
+        index.hnsw.efSearch = int(params["ef_search"])
+
+    def knob_values(self, params, k):
+        return _geometric(k, MAX_EF)  # below k the searcher raises it to k anyway (approx.hnsw_params)
 
     def default_params(self, n, bits, given=None):
         return {"M": 16, "ef_construction": 40, "ef_search": 128}
@@ -344,6 +368,15 @@ class _IvfCodes:
                 if self._codes is None:
                     self._codes = self._build()
         return gather_codes(self._codes, rows)
+
+
+def _geometric(low: int, high: int) -> list[int]:
+    """low, ~1.5 low, ~2.25 low, ... up to high (and high itself): the steps autotune tries."""
+    values, v = [], low
+    while v < high:
+        values.append(v)
+        v = max(v + 1, int(round(v * 1.5)))
+    return values + [high]
 
 
 KINDS: dict[str, IndexKind] = {kind.name: kind for kind in (FlatKind(), MultiHashKind(), IVFKind(), HNSWKind())}

@@ -48,6 +48,8 @@ class IndexManifest:
     skipped_rows: int = 0  # input rows dropped (null code / image_id) over all builds and adds
     build_seconds: dict = field(default_factory=dict)  # stage -> seconds of the initial build
     generation: int = 0  # +1 per add / remove: a running server reloads when it changes
+    # medhash.index.autotune's record: target, measured recall@k, latency, memory, values tried ({} untuned)
+    tuning: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
