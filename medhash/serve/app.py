@@ -32,6 +32,9 @@ access_log = logging.getLogger("medhash.serve.access")
 
 PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
 ERRORS = {401: {"description": "Missing or wrong bearer token"}}
+# The largest re-ranked shortlist one request may ask for: its cosines cost ~N x bits flops plus N
+# rows read from hash_values.npy, which stays well under a millisecond per thousand.
+MAX_RERANK = 100_000
 
 
 def _page() -> str:
@@ -123,7 +126,8 @@ def create_app(service: SearchService) -> FastAPI:
     @app.post("/v1/search", response_model=SearchResponse, dependencies=authorized, tags=["search"],
               responses={**ERRORS, 400: {"description": "The image could not be decoded"},
                          413: {"description": "Upload, or its declared decoded size, larger than the server's limit"},
-                         422: {"description": "Neither image nor code, both, a bad code or a bad k"},
+                         422: {"description": "Neither image nor code, both, a bad code or a bad k, or rerank "
+                                               "with a code or on an index without hash values"},
                          503: {"description": "The decode budget stayed full; retry after Retry-After seconds"}})
     async def search(
         image: Annotated[UploadFile | None, File(description="A radiograph: PNG, JPEG or DICOM")] = None,
@@ -133,17 +137,21 @@ def create_app(service: SearchService) -> FastAPI:
         overlay: Annotated[bool, Form(description="Return the query's saliency overlay as a data: URL")] = False,
         nprobe: Annotated[int | None, Form(ge=1, le=65_536, description="IVF index: inverted lists to visit")] = None,
         ef_search: Annotated[int | None, Form(ge=1, le=MAX_EF, description="HNSW index: candidate list size")] = None,
+        rerank: Annotated[int | None, Form(ge=1, le=MAX_RERANK, description=(
+            "Re-rank the Hamming top N (ties included) by cosine of the hash values; image queries on an index "
+            "that stores them (encode --store-hash-values)"))] = None,
     ) -> SearchResponse:
         """Search by an uploaded image (encoded by the server's model) or by a code."""
         if (image is None) == (code is None):
             raise BadQueryError("send exactly one of `image` (a file) or `code` (hex or base64)")
         params = SearchParams(nprobe=nprobe, ef_search=ef_search)
         if code is not None:
-            return await service.search_code(code, k, with_ties, params)
+            return await service.search_code(code, k, with_ties, params, rerank=rerank)
         data = await image.read()
         if not data:
             raise BadQueryError(f"uploaded file {shorten(image.filename or 'image')} is empty")
-        return await service.search_image(data, image.filename or "upload", k, with_ties, overlay, params)
+        return await service.search_image(data, image.filename or "upload", k, with_ties, overlay, params,
+                                          rerank=rerank)
 
     @app.get("/v1/images/{image_id}", dependencies=authorized, tags=["search"], response_class=Response,
              responses={**PNG, **ERRORS, 404: {"description": "Unknown id, or its file is not in the archive"}})

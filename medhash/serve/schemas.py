@@ -15,6 +15,8 @@ class Hit(BaseModel):
     box: Box | None = Field(None, description="The encoder's crop box (x0, y0, x1, y1), exclusive, in the image's pixels")
     thumbnail_url: str | None = Field(None, description="GET it for a PNG thumbnail; null without --archive-root")
     overlay_url: str | None = Field(None, description="The thumbnail with saliency map and crop box drawn")
+    score: float | None = Field(None, description="Re-ranked searches: cosine similarity of the query's and this "
+                                                  "item's hash values; null for hits after the re-ranked shortlist")
 
 
 class Prediction(BaseModel):
@@ -42,6 +44,8 @@ class SearchResponse(BaseModel):
     truncated: bool = Field(False, description="More items tie at the k-th distance than the server's max_k: "
                                                "hits holds the first max_k of them")
     timings_ms: dict[str, float]
+    rerank: int | None = Field(None, description="The shortlist size N when the Hamming top N was re-ranked "
+                                                 "by cosine of the hash values")
 
 
 class Info(BaseModel):
@@ -57,6 +61,7 @@ class Info(BaseModel):
     thumbnails: bool
     medhash_version: str
     faiss_version: str | None
+    hash_values: bool = Field(False, description="The index stores hash values: image searches may ask for `rerank`")
 
 
 class Health(BaseModel):

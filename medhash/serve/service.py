@@ -32,7 +32,7 @@ from medhash.app.query import check_model
 from medhash.data.decode import DEFAULT_MAX_PIXELS, read_image, read_image_header
 from medhash.data.overlay import render_overlay
 from medhash.encoding import ImageEncoder
-from medhash.errors import ArchiveAccessError, ImageDecodeError, shorten
+from medhash.errors import ArchiveAccessError, ImageDecodeError, InvalidParameterError, shorten
 from medhash.index import HammingIndex, SearchParams
 from medhash.model import load_encoder
 from medhash.serve.archive import ArchiveFiles
@@ -138,7 +138,8 @@ class SearchService:
         return Info(model_id=m.model_id, bits=m.bits, kind=m.kind, count=len(self.index), index_created=m.created_at or None,
                     engine=self.encoder.engine, device=str(self.encoder.device), max_k=self.config.max_k,
                     max_upload_bytes=self.config.max_upload_bytes, thumbnails=self.archive.enabled,
-                    medhash_version=__version__, faiss_version=getattr(faiss, "__version__", None))
+                    medhash_version=__version__, faiss_version=getattr(faiss, "__version__", None),
+                    hash_values=self.index.has_hash_values)
 
     # -- search -----------------------------------------------------------------------------------
     def check_k(self, k: int | None) -> int:
@@ -175,17 +176,29 @@ class SearchService:
             self.metrics.bad_images.labels(exc.kind).inc()
             raise
 
+    def check_rerank(self, rerank: int | None) -> None:
+        if rerank is None:
+            return
+        try:
+            self.index.check_rerank(rerank)
+        except InvalidParameterError as exc:
+            raise BadQueryError(str(exc)) from None
+
     async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
-                           overlay: bool = False, params: SearchParams = SearchParams()) -> SearchResponse:
-        """Decode an uploaded image, encode it (batched with concurrent requests) and search."""
+                           overlay: bool = False, params: SearchParams = SearchParams(),
+                           rerank: int | None = None) -> SearchResponse:
+        """Decode an uploaded image, encode it (batched with concurrent requests) and search; `rerank`
+        re-ranks the Hamming top-N by the hash values (HammingIndex.search)."""
         k = self.check_k(k)
+        self.check_rerank(rerank)
         t0 = time.perf_counter()
         async with self.decoding(data, name) as decode:
             image = await decode()
             t1 = time.perf_counter()
             encoded = await self.batcher.encode(image)
             t2 = time.perf_counter()
-            hits, search_s = await self._search(encoded.code, k, with_ties, params)
+            hits, search_s = await self._search(encoded.code, k, with_ties, params,
+                                                (rerank, encoded.hash_values) if rerank is not None else None)
             query = Query(kind="image", code_hex=encoded.code.tobytes().hex(), box=encoded.box,
                           width=int(image.shape[1]), height=int(image.shape[0]), predicted=self._predictions(encoded))
             if overlay:
@@ -194,12 +207,16 @@ class SearchService:
             del image
         timings = {"decode": t1 - t0, "encode": t2 - t1, "search": search_s, "total": time.perf_counter() - t0}
         self._observe("image", timings)
-        return self._response(query, hits, k, with_ties, timings)
+        response = self._response(query, hits, k, with_ties, timings)
+        response.rerank = rerank
+        return response
 
     async def search_code(self, code: str | np.ndarray, k: int | None = None, with_ties: bool = False,
-                          params: SearchParams = SearchParams()) -> SearchResponse:
+                          params: SearchParams = SearchParams(), rerank: int | None = None) -> SearchResponse:
         """Search with a code the client already has (hex or base64 text, or uint8 [bits/8])."""
         k = self.check_k(k)
+        if rerank is not None:
+            raise BadQueryError("rerank needs an image: a code carries no hash values to compare")
         t0 = time.perf_counter()
         code = parse_code(code, self.index.bits) if isinstance(code, str) else np.asarray(code, np.uint8)
         hits, search_s = await self._search(code, k, with_ties, params)
@@ -207,24 +224,31 @@ class SearchService:
         self._observe("code", timings)
         return self._response(Query(kind="code", code_hex=code.tobytes().hex()), hits, k, with_ties, timings)
 
-    async def _search(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams) -> tuple[FoundHits, float]:
+    async def _search(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams,
+                      rerank: tuple[int, np.ndarray] | None = None) -> tuple[FoundHits, float]:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
-        hits = await loop.run_in_executor(self._search_pool, self._search_sync, code, k, with_ties, params)
+        hits = await loop.run_in_executor(self._search_pool, self._search_sync, code, k, with_ties, params, rerank)
         return hits, time.perf_counter() - t0
 
-    def _search_sync(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams) -> FoundHits:
+    def _search_sync(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams,
+                     rerank: tuple[int, np.ndarray] | None = None) -> FoundHits:
+        """rerank: (N, the query's hash values) to re-rank the Hamming top-N."""
+        n, values = rerank if rerank is not None else (None, None)
         found = self.index.search(code[None, :], k, with_ties=with_ties, nprobe=params.nprobe,
-                                  ef_search=params.ef_search)[0]
+                                  ef_search=params.ef_search, rerank=n,
+                                  query_values=None if values is None else values[None, :])[0]
         # Ties can be many (every code at the k-th distance): the response holds max_k hits at most.
         records = self.index.records(found.rows[:self.config.max_k])
         thumbs = self.archive.enabled
         hits = []
-        for rank, (rec, dist) in enumerate(zip(records, found.distances), start=1):
+        scores = found.scores if found.scores is not None else np.full(len(records), np.nan)
+        for rank, (rec, dist, score) in enumerate(zip(records, found.distances, scores), start=1):
             self._rows.put(rec.image_id, rec.row)
             url = f"/v1/images/{quote(rec.image_id, safe='')}" if thumbs else None
             hits.append(Hit(rank=rank, image_id=rec.image_id, distance=int(dist), labels=list(rec.labels),
-                            box=rec.box, thumbnail_url=url, overlay_url=f"{url}?overlay=true" if url else None))
+                            box=rec.box, thumbnail_url=url, overlay_url=f"{url}?overlay=true" if url else None,
+                            score=None if np.isnan(score) else float(score)))
         return FoundHits(hits, truncated=len(found.rows) > len(hits))
 
     def _predictions(self, encoded: EncodedImage) -> list[Prediction]:

@@ -7,6 +7,7 @@ Every searcher answers `search(queries, k, with_ties=False, params=SearchParams(
   check, with ExactScan as the fallback;
 - approx.ApproxSearch (ivf, hnsw): per-call nprobe / ef_search;
 - gpu.GpuFlatSearch (flat on a GPU), and GPU training of the IVF quantizer.
+rerank re-orders a Hamming shortlist by the cosine of the stored hash values.
 neighbors holds the neighbour-list type and the ordering and tie rules; threads the thread policy
 and the scan pool the searchers share. faiss is imported inside functions only.
 """
@@ -16,6 +17,7 @@ from medhash.index._search.exact import ExactScan, flat_codes, flat_codes_buffer
 from medhash.index._search.gpu import GpuFlatSearch, gpu_support, use_gpu_for_training
 from medhash.index._search.multihash import MultiHashSearch
 from medhash.index._search.neighbors import Neighbors, Searcher, SearchParams
+from medhash.index._search.rerank import cosine_similarity, rerank_neighbors
 from medhash.index._search.threads import DEFAULT_POLICY, ScanPool, ThreadPolicy, omp_threads
 
 __all__ = [
@@ -29,11 +31,13 @@ __all__ = [
     "SearchParams",
     "Searcher",
     "ThreadPolicy",
+    "cosine_similarity",
     "flat_codes",
     "flat_codes_buffer",
     "gpu_support",
     "hnsw_params",
     "ivf_params",
     "omp_threads",
+    "rerank_neighbors",
     "use_gpu_for_training",
 ]
