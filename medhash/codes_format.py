@@ -350,7 +350,14 @@ class CodeShard:
     bits: int
     rows: int
     has_labels: bool
+    # The metadata columns (label-table columns, DICOM_COLUMNS, patient_key) in shard order: what an
+    # index carries into its ids.parquet so searches can filter on them.
+    metadata: tuple[pa.Field, ...] = ()
     has_hash_values: bool = False
+
+    @property
+    def metadata_names(self) -> list[str]:
+        return [f.name for f in self.metadata]
 
 
 @dataclass(frozen=True)
@@ -359,7 +366,7 @@ class CodeBatch:
 
     codes: np.ndarray
     image_ids: pa.Array  # string
-    columns: pa.RecordBatch  # code, image_id, and path, box, labels (when present) if asked for
+    columns: pa.RecordBatch  # code, image_id, and path, box, labels and metadata (when present) if asked for
     skipped: int  # rows dropped because code or image_id was null
     hash_values: np.ndarray | None = None  # float16 [B, bits] when asked for (iter_batches with_hash_values)
 
@@ -449,7 +456,9 @@ def _inspect(path: Path) -> CodeShard:
                 and pa.types.is_float16(values_type.value_type)):
             raise CodeShardError(path, f"column {HASH_VALUES_COLUMN} is {values_type}, expected "
                                  f"fixed_size_list<float16>[{bits}]")
-    return CodeShard(path, kv[META_MODEL_ID].decode(), bits, meta.num_rows, "labels" in schema.names,
+    not_metadata = set(CODE_COLUMNS) | {"labels", "features", HASH_VALUES_COLUMN}
+    metadata = tuple(f for f in schema if f.name not in not_metadata)
+    return CodeShard(path, kv[META_MODEL_ID].decode(), bits, meta.num_rows, "labels" in schema.names, metadata,
                      HASH_VALUES_COLUMN in schema.names)
 
 
@@ -485,13 +494,13 @@ def iter_batches(shard: CodeShard, *, with_ids: bool = True, batch_rows: int = B
     """Yield the valid rows of one shard; rows with a null code or image_id are skipped and counted.
 
     with_ids=False reads only the code and image_id columns (the cheap pre-pass); with_ids=True
-    adds path, box and labels (when the shard has them). with_hash_values=True also yields the
-    stored hash values (the shard must have them: `CodeShard.has_hash_values`).
+    adds path, box, labels and the metadata columns (when the shard has them). with_hash_values=True
+    also yields the stored hash values (the shard must have them: `CodeShard.has_hash_values`).
     """
     nbytes = shard.bits // 8
     columns = ["code", "image_id"]
     if with_ids:
-        columns += ["path", "box"] + (["labels"] if shard.has_labels else [])
+        columns += ["path", "box"] + (["labels"] if shard.has_labels else []) + shard.metadata_names
     if with_hash_values:
         if not shard.has_hash_values:
             raise CodeShardError(shard.path, f"has no {HASH_VALUES_COLUMN} column (encode with --store-hash-values)")

@@ -191,3 +191,18 @@ def test_two_thousand_uploads_at_concurrency_16_all_succeed(served_archive):
         result = asyncio.run(load(url))
     assert result.errors == [] and result.failed == 0
     assert result.requests == result.latencies_s.size == 2000
+
+
+def test_cli_bench_with_a_filter_reports_its_strategies(spread, tmp_path):
+    archive = spread["archive"]
+    args = ["bench", "--index", str(spread["index"]), "--model", str(archive.model_path), "--queries",
+            str(archive.labels_csv), "--out", str(tmp_path), "--requests", "4", "--concurrency", "1", "--ks", "5",
+            "--engine", "fp32", "--threads", "1", "--no-plots"]
+    result = CliRunner().invoke(main, args + ["--filter", "labels_none=Mass"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["filter"]["normalized"] == {"labels_none": ["Mass"]}
+    assert sum(report["filter"]["strategies"].values()) == 8 and "none" not in report["filter"]["strategies"]
+    assert all(level["failed"] == 0 for kind in report["latency"].values() for level in kind)
+    bad = CliRunner().invoke(main, args + ["--filter", "age=..x"])
+    assert bad.exit_code == 2 and "'age=..x'" in bad.output

@@ -77,6 +77,32 @@ def test_rerank_equals_brute_force_reranking_of_the_hamming_top_n_with_ties(tmp_
                     assert np.all(np.diff(hits.scores[shortlisted]) <= 0)
 
 
+@pytest.mark.parametrize("kind", ["flat", "multihash", "hnsw", "ivf"])
+def test_filtered_rerank_equals_brute_force_reranking_of_the_filtered_top_n(tmp_path, kind):
+    rng = np.random.default_rng(3)
+    codes, values = _random_archive(rng, 300)
+    ids = [f"i{j}" for j in range(300)]
+    labels = [["A"] if j % 5 == 0 else ["B"] for j in range(300)]
+    folder = tmp_path / "codes"
+    write_code_shard(folder / "part-00000.parquet", model_id="m", bits=BITS, image_ids=ids, paths=ids, codes=codes,
+                     boxes=np.zeros((300, 4), np.int32), labels=labels, hash_values=values)
+    write_codes_manifest(folder, model_id="m", bits=BITS)
+    build_index(folder, tmp_path / "idx", BuildConfig(kind=kind, params={"nlist": 4} if kind == "ivf" else {}))
+    index = HammingIndex(tmp_path / "idx")
+    selected = np.flatnonzero(np.arange(300) % 5 == 0)  # a fifth: below ivf's widen_min, so exact for every kind
+    stored = np.load(tmp_path / "idx" / "hash_values.npy")
+    query_values = rng.uniform(-1, 1, (4, BITS)).astype(np.float32)
+    query_codes = np.packbits(query_values > 0, axis=1)
+    for n, k, with_ties in ((7, 5, False), (30, 10, True), (1000, 40, False)):
+        found = index.search(query_codes, k, with_ties=with_ties, filter="labels_any=A", rerank=n,
+                             query_values=query_values)
+        assert found.strategy is not None and found.selected == len(selected)
+        for q, hits in enumerate(found):
+            d, rows = _brute_force(codes[selected], stored[selected], query_codes[q], query_values[q], n, k, with_ties)
+            assert np.array_equal(hits.rows, selected[rows]), (kind, n, k, with_ties, q)
+            assert np.array_equal(hits.distances, d)
+
+
 def test_reranked_distances_rank_the_same_list_with_ties_only_where_keys_tie(tmp_path):
     rng = np.random.default_rng(1)
     codes, values = _random_archive(rng, 120)
@@ -215,6 +241,12 @@ def test_server_reranks_image_searches_and_refuses_a_code(served_archive):
         assert None not in scores and scores == sorted(scores, reverse=True)
         plain = httpx.post(f"{url}/v1/search", files={"image": ("q.png", data)}, data={"k": "5"}).json()
         assert plain["rerank"] is None and all(h["score"] is None for h in plain["hits"])
+        filtered = httpx.post(f"{url}/v1/search", files={"image": ("q.png", data)},
+                              data={"k": "5", "rerank": "12", "filter": "view=PA"}).json()
+        assert filtered["rerank"] == 12 and filtered["strategy"] and filtered["hits"]
+        assert all(h["view"] == "PA" and h["score"] is not None for h in filtered["hits"])
+        filtered_scores = [h["score"] for h in filtered["hits"]]
+        assert filtered_scores == sorted(filtered_scores, reverse=True)
         by_code = httpx.post(f"{url}/v1/search", data={"code": body["query"]["code_hex"], "rerank": "12"})
         assert by_code.status_code == 422 and "needs an image" in by_code.json()["detail"]
 
@@ -232,3 +264,14 @@ def test_bench_in_process_scores_the_reranked_ranking(served_archive, tmp_path):
     # the whole archive re-ranked by cosine is another ranking than Hamming order, scored tie-aware
     assert reranked["quality"]["map_tie_aware"] != plain["quality"]["map_tie_aware"]
     assert 0.0 < reranked["quality"]["map_tie_aware"] <= 1.0
+
+
+def test_python_api_reranks_a_filtered_image_search(served_archive):
+    from medhash.app.api import open_index
+
+    index = open_index(served_archive.index_dir, model=served_archive.model_path)
+    results = index.search(served_archive.image_paths[3], k=4, rerank=12, filter="view=PA")
+    rows = results[0]
+    assert len(rows) == 4 and all(row["score"] is not None for row in rows)
+    assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
+    assert "score" not in index.search(served_archive.image_paths[3], k=4)[0][0]

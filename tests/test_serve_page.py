@@ -22,7 +22,10 @@ def test_page_references_no_external_assets():
     # The server may run offline: no CDN fonts, scripts or styles; every reference is same-origin.
     assert not re.search(r"(?i)(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page), "page references an external URL"
     assert not re.search(r"(?i)<(script|link)[^>]+(src|href)=", page), "page loads a separate asset"
-    for stable_id in ("file", "k", "search", "query-overlay", "results", "message", "token", "overlay-toggle"):
+    for stable_id in ("file", "k", "search", "query-overlay", "results", "message", "token", "overlay-toggle",
+                      "filter-labels", "filter-labels-mode", "filter-sex", "filter-view", "filter-age-min",
+                      "filter-age-max", "filter-not-patient", "filter-patient-id", "filter-extra", "viewer",
+                      "viewer-canvas", "viewer-window", "viewer-level", "saliency-legend", "query-archived"):
         assert f'id="{stable_id}"' in page
 
 
@@ -179,6 +182,74 @@ def test_token_prompt_after_401_then_search_works(browser, served_archive):
         assert not auth.is_displayed()
         assert browser.execute_script("return sessionStorage.getItem('medhash.token')") == "s3cret-token-0123456789"
         _wait(browser, lambda d: "48 images" in d.find_element(By.ID, "info").text, "the index facts with the token")
+
+
+@pytest.mark.browser
+def test_filter_controls_query_mark_and_enlarged_view(browser, open_server, served_archive, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(open_server + "/")
+    _wait(browser, lambda d: "48 images" in d.find_element(By.ID, "info").text, "the index facts in the header")
+    query = served_archive.image_paths[0]  # its file name is an archived id: the page marks it
+
+    # Unfiltered: the query's own image is in the archive, marked, and its facts are shown.
+    _search(browser, query)
+    _wait_for_results(browser)
+    marked = browser.find_elements(By.CSS_SELECTOR, "#results .hit.is-query")
+    assert len(marked) == 1 and marked[0].get_attribute("data-image-id") == query.stem
+    assert "query image" in marked[0].text
+    assert query.stem in browser.find_element(By.ID, "query-archived").text
+    assert browser.find_elements(By.ID, "saliency-legend")[0].is_displayed()
+
+    # The overlay toggle swaps the query's picture too.
+    overlay_src = browser.find_element(By.ID, "query-overlay").get_attribute("src")
+    browser.find_element(By.ID, "overlay-toggle").click()
+    _wait(browser, lambda d: d.execute_script(QUERY_LOADED) and d.find_element(By.ID, "query-overlay")
+          .get_attribute("data-variant") == "thumbnail", "the query without its overlay")
+    assert browser.find_element(By.ID, "query-overlay").get_attribute("src") != overlay_src
+    browser.find_element(By.ID, "overlay-toggle").click()
+
+    # Filter controls: women aged 30+, leaving out the query's patient.
+    Select(browser.find_element(By.ID, "filter-sex")).select_by_visible_text("F")
+    browser.find_element(By.ID, "filter-age-min").send_keys("30")
+    browser.find_element(By.ID, "filter-not-patient").click()
+    browser.find_element(By.ID, "search").click()
+    _wait(browser, lambda d: "filter" in d.find_element(By.ID, "hits-summary").text, "the filtered summary")
+    _wait_for_results(browser)
+    cards = browser.find_elements(By.CSS_SELECTOR, "#results .hit")
+    for card in cards:
+        sex, age, view = card.find_element(By.CLASS_NAME, "facts").text.split(" · ")
+        assert sex == "F" and int(age.split()[0]) >= 30 and view in ("PA", "AP")
+    partner = served_archive.image_paths[1].stem  # images 0 and 1 share a patient
+    ids = {c.get_attribute("data-image-id") for c in cards}
+    assert query.stem not in ids and partner not in ids
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results .hit.is-query")
+    assert "scan_selected" in browser.find_element(By.ID, "hits-summary").text
+
+    # Click a hit: the enlarged view opens, and window/level changes the drawn pixels.
+    cards[0].click()
+    canvas = _wait(browser, lambda d: d.find_element(By.ID, "viewer").get_attribute("open") is not None
+                   and d.find_element(By.ID, "viewer-canvas").get_attribute("data-loaded") == "true"
+                   and d.find_element(By.ID, "viewer-canvas"), "the enlarged case")
+    assert int(canvas.get_attribute("width")) >= 64  # the archived image at up to 1024 px (phantoms are 64)
+    checksum = "const c = document.getElementById('viewer-canvas'); const d = c.getContext('2d')" \
+               ".getImageData(0, 0, c.width, c.height).data; let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s;"
+    before = browser.execute_script(checksum)
+    browser.execute_script("const w = document.getElementById('viewer-window'); w.value = 60;"
+                           "w.dispatchEvent(new Event('input'));")
+    assert canvas.get_attribute("data-window") == "60"
+    assert browser.execute_script(checksum) != before
+    browser.find_element(By.ID, "viewer-close").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "viewer").get_attribute("open") is None, "the viewer closed")
+
+    # A bad clause in the free field: the server's 422 names it.
+    browser.find_element(By.ID, "filter-extra").send_keys("age=x..")
+    browser.find_element(By.ID, "search").click()
+    message = _wait(browser, lambda d: d.find_element(By.ID, "message").is_displayed()
+                    and d.find_element(By.ID, "message"), "the filter error")
+    assert message.text.startswith("422") and "age" in message.text
+    assert browser.save_screenshot(str(tmp_path / "filtered.png"))
 
 
 def _assert_real_screenshot(path) -> None:

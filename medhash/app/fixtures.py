@@ -5,7 +5,7 @@ The test suite's server tests and the serve-load benchmark need the same thing: 
 writes phantom PNGs, an untrained model whose BatchNorm statistics are set from one pass over
 them (untrained statistics are the identity and every phantom would get the same code), the
 codes as one Parquet shard with paths relative to the archive root (as an archive moved under
-a root has), and a flat index. Everything is seeded, so the codes are the same on every run.
+a root has) and metadata columns (view, age, sex, patient_key), and a flat index. Everything is seeded, so the codes are the same on every run.
 It lives in the library rather than under tests/ so that the benchmarks import it as a module.
 Nothing here imports the server: `ServedArchive` holds paths, and callers make a ServeConfig.
 """
@@ -20,12 +20,23 @@ import torch
 from medhash.data import read_image, read_label_table
 from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
 from medhash.index import BuildConfig, build_index
-from medhash.codes_format import write_code_shard, write_codes_manifest
+from medhash.codes_format import MetadataColumns, write_code_shard, write_codes_manifest
+from medhash.data.keyed import keyed_hash
 from medhash.model import AGHashNet, ModelConfig, load_encoder, save_checkpoint
 
-__all__ = ["TINY_MODEL", "ServedArchive", "make_served_archive"]
+__all__ = ["ARCHIVE_COLUMNS", "PATIENT_SECRET", "TINY_MODEL", "ServedArchive", "archive_metadata",
+           "make_served_archive"]
 
 TINY_MODEL = ModelConfig(backbone="tiny", bits=32, global_size=64, local_size=48, fusion_dim=32)
+# Label-table columns and a patient key for every archived phantom (view, age, sex cycle; two images
+# per patient), so filters and the page's per-hit facts have something to show.
+ARCHIVE_COLUMNS = MetadataColumns(table=("view", "age", "sex"), patient_key=True)
+PATIENT_SECRET = b"fixture-site-secret"
+
+
+def archive_metadata(i: int) -> dict:
+    return {"view": ("PA", "AP")[i % 2], "age": str(20 + (7 * i) % 70), "sex": ("F", "M", "F")[i % 3],
+            "patient_key": keyed_hash(f"patient-{i // 2}", PATIENT_SECRET)}
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,7 @@ def make_served_archive(root: Path, n: int = 48, bits: int = 32, model: ModelCon
     write_code_shard(codes / "part-00000.parquet", model_id=encoder.model_id, bits=bits,
                      image_ids=[r.image_id for r in records], paths=[str(Path(r.path).relative_to(root)) for r in records],
                      codes=encoded.codes, boxes=encoded.boxes, labels=[r.labels for r in records],
+                     columns=ARCHIVE_COLUMNS, values=[archive_metadata(i) for i in range(len(records))],
                      hash_values=encoded.hash_values)
     write_codes_manifest(codes, model_id=encoder.model_id, bits=bits)
     build_index(codes, root / "index", BuildConfig(kind="flat"))

@@ -20,7 +20,7 @@ from medhash.data.decode import read_image
 from medhash.data.overlay import render_overlay, safe_name, save_png
 from medhash.encoding import ImageEncoder
 from medhash.errors import ImageDecodeError, IndexManifestError
-from medhash.index import HammingIndex, IdRecord
+from medhash.index import Filter, HammingIndex, IdRecord
 from medhash.model import load_encoder
 
 __all__ = ["QueryHit", "QueryResult", "check_model", "query_images"]
@@ -48,6 +48,8 @@ class QueryResult:
     hits: list[QueryHit] = field(default_factory=list)
     overlays: list[str] = field(default_factory=list)  # written PNG paths
     error: str | None = None  # set when this image could not be decoded; the others still run
+    strategy: str | None = None  # how a filtered search was answered (None: unfiltered)
+    selected: int | None = None  # items the filter let through
 
 
 def check_model(index: HammingIndex, encoder: ImageEncoder) -> None:
@@ -61,10 +63,12 @@ def query_images(index_dir: str | Path, model_path: str | Path | None, image_pat
                  k: int = 10, with_ties: bool = False, overlay_dir: str | Path | None = None, *,
                  device: str = "cpu", mmap: bool = False, nprobe: int | None = None, ef_search: int | None = None,
                  image_root: str | Path | None = None, index: HammingIndex | None = None,
-                 encoder: ImageEncoder | None = None, rerank: int | None = None) -> list[QueryResult]:
+                 encoder: ImageEncoder | None = None, filter: str | dict | Filter | None = None,
+                 rerank: int | None = None) -> list[QueryResult]:
     """One QueryResult per image, in order. An open `index` / loaded `encoder` may be passed to reuse them;
-    `image_root` resolves relative hit paths of ids.parquet for overlays; `rerank` re-ranks each
-    image's Hamming top-N by its hash values (HammingIndex.search)."""
+    `image_root` resolves relative hit paths of ids.parquet for overlays; `filter` restricts the hits
+    (medhash.index.filters); `rerank` re-ranks each image's Hamming top-N (among the filtered items
+    under a filter) by its hash values (HammingIndex.search)."""
     index = index or HammingIndex(index_dir, mmap=mmap)
     if encoder is None:
         encoder = load_encoder(model_path, device=device)
@@ -83,10 +87,11 @@ def query_images(index_dir: str | Path, model_path: str | Path | None, image_pat
     if not decoded:
         return results
     encoded = encoder.encode_images([img for _, img in decoded])
-    found = index.search(encoded.codes, k, with_ties=with_ties, nprobe=nprobe, ef_search=ef_search, rerank=rerank,
-                         query_values=encoded.hash_values if rerank is not None else None)
+    found = index.search(encoded.codes, k, with_ties=with_ties, nprobe=nprobe, ef_search=ef_search, filter=filter,
+                         rerank=rerank, query_values=encoded.hash_values if rerank is not None else None)
     for j, (i, image) in enumerate(decoded):
         result = results[i]
+        result.strategy, result.selected = found.strategy, found.selected
         result.box = tuple(int(v) for v in encoded.boxes[j])
         result.code_hex = encoded.codes[j].tobytes().hex()
         records = index.records(found[j].rows)

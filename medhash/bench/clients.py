@@ -33,9 +33,10 @@ class SearchClient(Protocol):
 
     async def info(self) -> dict: ...
 
-    async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False) -> dict: ...
+    async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
+                           filter: str | None = None) -> dict: ...
 
-    async def search_code(self, code_hex: str, k: int | None = None) -> dict: ...
+    async def search_code(self, code_hex: str, k: int | None = None, filter: str | None = None) -> dict: ...
 
     async def aclose(self) -> None: ...
 
@@ -61,11 +62,13 @@ class InProcessClient:
     async def info(self) -> dict:
         return self.service.info().model_dump()
 
-    async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False) -> dict:
-        return (await self.service.search_image(data, name, k, with_ties, rerank=self.rerank)).model_dump()
+    async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
+                           filter: str | None = None) -> dict:
+        return (await self.service.search_image(data, name, k, with_ties, filter=filter,
+                                                rerank=self.rerank)).model_dump()
 
-    async def search_code(self, code_hex: str, k: int | None = None) -> dict:
-        return (await self.service.search_code(code_hex, k)).model_dump()
+    async def search_code(self, code_hex: str, k: int | None = None, filter: str | None = None) -> dict:
+        return (await self.service.search_code(code_hex, k, filter=filter)).model_dump()
 
     async def aclose(self) -> None:
         self.service.close()
@@ -94,22 +97,25 @@ class HttpClient:
             raise ServerUnreachableError(f"{self.target}: no answer: {type(exc).__name__}: {exc}") from exc
         return _json_or_raise(response)
 
-    async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False) -> dict:
-        form = _form(k, with_ties)
+    async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
+                           filter: str | None = None) -> dict:
+        form = _form(k, with_ties, filter)
         if self.rerank is not None:
             form["rerank"] = str(self.rerank)
         files = {"image": (name, data, "application/octet-stream")}
         return _json_or_raise(await self._http.post("/v1/search", files=files, data=form))
 
-    async def search_code(self, code_hex: str, k: int | None = None) -> dict:
-        return _json_or_raise(await self._http.post("/v1/search", data={"code": code_hex, **_form(k, False)}))
+    async def search_code(self, code_hex: str, k: int | None = None, filter: str | None = None) -> dict:
+        return _json_or_raise(await self._http.post("/v1/search", data={"code": code_hex, **_form(k, False, filter)}))
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
-def _form(k: int | None, with_ties: bool) -> dict[str, str]:
+def _form(k: int | None, with_ties: bool, filter: str | None = None) -> dict[str, str]:
     form = {"with_ties": "true" if with_ties else "false"}
+    if filter:
+        form["filter"] = filter
     if k is not None:
         form["k"] = str(k)
     return form

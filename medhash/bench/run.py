@@ -53,6 +53,7 @@ class BenchConfig:
     time_limit_s: float | None = 600.0  # per pass: no request starts after it (the JSON says so)
     request_timeout_s: float = 120.0  # HTTP only
     rerank: int | None = None  # image searches re-rank the Hamming top N by the hash values (quality and end to end)
+    filter: str | None = None  # latency requests carry this filter (medhash.index.filters); quality stays unfiltered
 
     def __post_init__(self):
         in_process = self.index is not None or self.model is not None
@@ -83,23 +84,45 @@ def open_client(config: BenchConfig) -> SearchClient:
                                 torch_threads=config.torch_threads, max_k=config.max_k, rerank=config.rerank)
 
 
-def image_search(client: SearchClient, queries: QuerySet, k: int | None) -> Call:
+def image_search(client: SearchClient, queries: QuerySet, k: int | None, filter: str | None = None,
+                 seen: "FilterStats | None" = None) -> Call:
     """Request i uploads query image i mod len(queries)."""
 
     async def call(i: int) -> dict:
         j = i % len(queries)
-        return await client.search_image(queries.images[j], queries.name(j), k)
+        answer = await client.search_image(queries.images[j], queries.name(j), k, filter=filter)
+        return seen.observe(answer) if seen is not None else answer
 
     return call
 
 
-def code_search(client: SearchClient, codes_hex: list[str], k: int | None) -> Call:
+def code_search(client: SearchClient, codes_hex: list[str], k: int | None, filter: str | None = None,
+                seen: "FilterStats | None" = None) -> Call:
     """Request i searches by code i mod len(codes): no decode, no encode."""
 
     async def call(i: int) -> dict:
-        return await client.search_code(codes_hex[i % len(codes_hex)], k)
+        answer = await client.search_code(codes_hex[i % len(codes_hex)], k, filter=filter)
+        return seen.observe(answer) if seen is not None else answer
 
     return call
+
+
+class FilterStats:
+    """What filtered answers said: the strategies used, the items selected, and how many answers were short of k."""
+
+    def __init__(self, text: str):
+        self.text, self.strategies, self.selected, self.short, self.filter = text, {}, None, 0, None
+
+    def observe(self, answer: dict) -> dict:
+        strategy = answer.get("strategy") or "none"
+        self.strategies[strategy] = self.strategies.get(strategy, 0) + 1
+        self.selected, self.filter = answer.get("selected"), answer.get("filter")
+        self.short += len(answer.get("hits", [])) < answer.get("k", 0)
+        return answer
+
+    def report(self) -> dict:
+        return {"text": self.text, "normalized": self.filter, "selected": self.selected,
+                "strategies": self.strategies, "answers_short_of_k": self.short}
 
 
 async def measure_levels(call: Call, levels: tuple[int, ...], n_requests: int,
@@ -116,16 +139,18 @@ async def _bench(config: BenchConfig, queries: QuerySet) -> dict:
                                         "--store-hash-values and build the index again")
         quality = await measure_quality(client, queries, info, ks=config.ks, exclude_self=config.exclude_self,
                                         concurrency=config.quality_concurrency, time_limit_s=config.time_limit_s)
-        end_to_end = await measure_levels(image_search(client, queries, config.k), config.concurrency,
-                                          config.requests, config.time_limit_s)
+        seen = FilterStats(config.filter) if config.filter else None
+        end_to_end = await measure_levels(image_search(client, queries, config.k, config.filter, seen),
+                                          config.concurrency, config.requests, config.time_limit_s)
         search_only = []
         if config.search_only and quality.codes_hex:
-            search_only = await measure_levels(code_search(client, quality.codes_hex, config.k), config.concurrency,
-                                               config.requests, config.time_limit_s)
+            search_only = await measure_levels(code_search(client, quality.codes_hex, config.k, config.filter, seen),
+                                               config.concurrency, config.requests, config.time_limit_s)
     finally:
         await client.aclose()
     return {"target": client.target, "mode": config.mode, "server": info, "quality": quality.report,
-            "precision_recall": quality.curve, "_levels": {"end_to_end": end_to_end, "search_only": search_only}}
+            "precision_recall": quality.curve, "filter": seen.report() if seen else None,
+            "_levels": {"end_to_end": end_to_end, "search_only": search_only}}
 
 
 def run_bench(config: BenchConfig) -> dict:

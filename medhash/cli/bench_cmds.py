@@ -52,10 +52,13 @@ def _positive_ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--rerank", type=click.IntRange(min=1), default=None, metavar="N",
               help="Image searches re-rank the Hamming top N by cosine of the hash values (quality and end to end; "
                    "search by code stays Hamming).")
+@click.option("--filter", "filter_text", default=None,
+              help="Latency requests carry this filter (README: Filtered search); bench.json reports the strategies "
+                   "the server used. Filtered recall at archive scale: python -m benchmarks.filtered_search.")
 @json_option()
 def bench_cmd(index_dir, model_path, url, token, queries_csv, image_root, out_dir, concurrency, n_requests, k, cutoffs,
               include_self, max_queries, no_search_only, no_plots, engine, device, torch_threads, time_limit_s,
-              rerank, as_json) -> None:
+              rerank, filter_text, as_json) -> None:
     """Measure a server: mAP/mAP@k/P@k (tie-aware), latency p50/p95/p99 and throughput per concurrency.
 
     Against an index and model in this process (--index --model) or a running server (--url [--token]).
@@ -71,8 +74,13 @@ def bench_cmd(index_dir, model_path, url, token, queries_csv, image_root, out_di
                              image_root=str(image_root) if image_root else None, concurrency=concurrency,
                              requests=n_requests, k=k, ks=cutoffs, exclude_self=not include_self, max_queries=max_queries,
                              search_only=not no_search_only, plots=not no_plots, engine=engine, device=device,
-                             torch_threads=torch_threads, time_limit_s=time_limit_s, rerank=rerank)
-    except ValueError as exc:
+                             torch_threads=torch_threads, time_limit_s=time_limit_s, rerank=rerank,
+                             filter=filter_text)
+        if filter_text:
+            from medhash.index.filters import parse_filter
+
+            parse_filter(filter_text)  # a bad filter stops here, not after the quality pass
+    except ValueError as exc:  # FilterError is a ValueError: one line naming the bad clause
         raise click.UsageError(str(exc)) from None
     report = run_bench(config)  # unreachable server, 401, unreadable query set: MedhashGroup prints one line
     emit(as_json, report, f"{format_summary(report)}\nwrote {out_dir / 'bench.json'}")

@@ -8,32 +8,16 @@ Exit status: 0 when every planned input was encoded (files skipped by rule are n
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from medhash.cli.options import MedhashCommand, emit, engine_option, json_option, progress_option
+from medhash.cli.options import SECRET_ENV, MedhashCommand, emit, engine_option, json_option, patient_secret, progress_option
 
 log = logging.getLogger("medhash.cli")
 
 EXIT_SOME_FAILED = 3
-SECRET_ENV = "MEDHASH_PATIENT_KEY_SECRET"
-
-
-def _patient_secret(secret_file: Path | None) -> bytes | None:
-    """The site secret for patient_key: the file's bytes (one trailing newline dropped), else the variable's."""
-    if secret_file is not None:
-        secret = secret_file.read_bytes()
-        secret = secret[:-1] if secret.endswith(b"\n") else secret
-    else:
-        secret = os.environ.get(SECRET_ENV, "").encode()
-    if secret_file is not None and not secret:
-        raise click.BadParameter("the secret file is empty", param_hint="--patient-key-secret-file")
-    return secret or None
-
-
 def _columns(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(c.strip() for c in text.split(",") if c.strip())
 
@@ -87,7 +71,7 @@ def encode_cmd(inputs, model, out, labels, image_root, columns, no_dicom_meta, p
                              batch_size=batch_size, decode_threads=decode_threads, store_features=store_features,
                              store_hash_values=store_hash_values, overwrite=overwrite, bytes_column=bytes_column, id_column=id_column, id_from=id_from,
                              follow_symlinks=follow_symlinks, columns=_columns(columns), dicom_meta=not no_dicom_meta,
-                             patient_secret=_patient_secret(patient_key_secret_file), strict_labels=strict,
+                             patient_secret=patient_secret(patient_key_secret_file), strict_labels=strict,
                              progress=progress)
     summary = run_encode(config)
     failed = ", ".join(f"{k} {n}" for k, n in summary.failed_by_kind.items())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -127,3 +129,18 @@ def emit(as_json: bool, data: dict, text: str) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         click.echo(text)
+
+
+SECRET_ENV = "MEDHASH_PATIENT_KEY_SECRET"
+
+
+def patient_secret(secret_file: Path | None) -> bytes | None:
+    """The site secret for patient_key: the file's bytes (one trailing newline dropped), else the variable's."""
+    if secret_file is not None:
+        secret = secret_file.read_bytes()
+        secret = secret[:-1] if secret.endswith(b"\n") else secret
+    else:
+        secret = os.environ.get(SECRET_ENV, "").encode()
+    if secret_file is not None and not secret:
+        raise click.BadParameter("the secret file is empty", param_hint="--patient-key-secret-file")
+    return secret or None

@@ -9,9 +9,22 @@ from pathlib import Path
 
 import click
 
-from medhash.cli.options import MedhashCommand, emit, json_option
+from medhash.cli.options import MedhashCommand, emit, json_option, patient_secret
 
 log = logging.getLogger("medhash.cli")
+
+FILTER_HELP = ("Only hits this filter lets through, e.g. 'labels_any=Effusion,Mass;sex=F;age=60..;view=PA;"
+               "not_patient=IMAGE_ID' or the same as JSON (README: Filtered search).")
+
+
+def parse_filter_option(secret_file: Path | None, text: str | None):
+    """The --filter text as a Filter; a bad one is a one-line usage error naming the bad part."""
+    from medhash.index.filters import FilterError, parse_filter
+
+    try:
+        return parse_filter(text, patient_secret=patient_secret(secret_file))
+    except FilterError as exc:
+        raise click.BadParameter(str(exc), param_hint="--filter") from None
 
 
 def _table(results) -> str:
@@ -21,6 +34,8 @@ def _table(results) -> str:
         if result.error:
             lines.append(f"   error: {result.error}")
             continue
+        if result.strategy:
+            lines.append(f"   filter: {result.selected} item(s) pass, answered by {result.strategy}")
         scored = any(hit.score is not None for hit in result.hits)
         lines.append(f"   {'rank':>4}  {'distance':>8}  " + (f"{'cosine':>7}  " if scored else "") + f"{'image id':<28} labels")
         for hit in result.hits:
@@ -49,16 +64,20 @@ def _table(results) -> str:
 @click.option("--nprobe", type=click.IntRange(1, 65_536), default=None, help="IVF lists to visit (default: the index's).")
 @click.option("--ef-search", type=click.IntRange(1, 65_536), default=None, help="HNSW candidate list (default: the index's).")
 @click.option("--rerank", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Re-rank the Hamming top N (ties included) by cosine of the hash values; needs an index of codes "
-                   "encoded with --store-hash-values.")
+              help="Re-rank the Hamming top N (ties included; the filtered top N under --filter) by cosine of the hash "
+                   "values; needs an index of codes encoded with --store-hash-values.")
+@click.option("--filter", "filter_text", default=None, help=FILTER_HELP)
+@click.option("--patient-key-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Site secret for not_patient_id (else MEDHASH_PATIENT_KEY_SECRET).")
 def query_cmd(index_dir, model_path, images, k, with_ties, as_json, overlay_dir, image_root, mmap, device, nprobe,
-              ef_search, rerank) -> None:
+              ef_search, rerank, filter_text, patient_key_secret_file) -> None:
     """Find the archived cases closest to each IMAGE (Hamming distance of hash codes)."""
     log.info("query: %d image(s) against %s, k %d", len(images), index_dir, k)
     from medhash.app.query import query_images
 
+    flt = parse_filter_option(patient_key_secret_file, filter_text)
     results = query_images(index_dir, model_path, list(images), k, with_ties, overlay_dir, device=device, mmap=mmap,
-                           nprobe=nprobe, ef_search=ef_search, image_root=image_root, rerank=rerank)
+                           nprobe=nprobe, ef_search=ef_search, image_root=image_root, filter=flt, rerank=rerank)
     emit(as_json, {"index": str(index_dir), "k": k, "with_ties": with_ties, "rerank": rerank,
                    "results": [asdict(r) for r in results]},
          _table(results))

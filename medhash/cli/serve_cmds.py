@@ -40,8 +40,12 @@ log = logging.getLogger("medhash.cli")
 @click.option("--decode-budget-mb", type=click.IntRange(min=1), default=3072, show_default=True,
               help="Most memory all decodes together may take; more wait briefly, then get 503.")
 @click.option("--access-log", is_flag=True, help="Log one line per request: method, path, status, milliseconds.")
+@click.option("--reload-poll-ms", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Check the index folder this often for a new version (index add/remove); 0: only POST /v1/reload.")
+@click.option("--patient-key-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Site secret, so filters may name a raw patient id (not_patient_id), hashed before use.")
 def serve_cmd(index_dir, model_path, host, port, token, archive_root, device, engine, torch_threads, mmap, max_upload_mb,
-              max_batch, max_k, max_decode_mb, decode_budget_mb, access_log) -> None:
+              max_batch, max_k, max_decode_mb, decode_budget_mb, access_log, reload_poll_ms, patient_key_secret_file) -> None:
     """Serve similar-case search over HTTP: API at /v1, page at /, OpenAPI schema at /openapi.json."""
     log.info("serve: opening index %s and model %s for http://%s:%d", index_dir, model_path, host, port)
     from medhash.serve import ServeConfig, run_server
@@ -58,7 +62,8 @@ def serve_cmd(index_dir, model_path, host, port, token, archive_root, device, en
                            archive_root=str(archive_root) if archive_root else None, device=device, engine=engine,
                            torch_threads=torch_threads, mmap=mmap, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                            max_batch=max_batch, max_k=max_k, max_decode_bytes=max_decode_mb << 20,
-                           decode_budget_bytes=decode_budget_mb << 20, access_log=access_log))
+                           decode_budget_bytes=decode_budget_mb << 20, access_log=access_log, reload_poll_ms=reload_poll_ms,
+                           patient_key_secret_file=str(patient_key_secret_file) if patient_key_secret_file else None))
 
 
 commands = [serve_cmd]

@@ -14,7 +14,9 @@ The design, one module or subpackage each:
   neighbour ordering and tie rules, and the thread policy;
 - _store: the index folder (index.faiss, ids.parquet, manifest.json with checksums);
 - build: codes folder -> index folder, streaming; maintain: add and remove in place;
-- hamming_index: `HammingIndex`, an opened folder that answers searches.
+- filters: the filter syntax (labels, view, sex, age, not the same patient, any stored column);
+  selection: a filter evaluated over ids.parquet into cached row selections;
+- hamming_index: `HammingIndex`, an opened folder that answers searches, filtered or not.
 Codes are read through medhash.codes_format. faiss is imported inside functions only, so importing
 this package stays cheap; nothing here imports torch or the model.
 """
@@ -22,6 +24,7 @@ this package stays cheap; nothing here imports torch or the model.
 from medhash.index._search import DEFAULT_POLICY, SearchParams, ThreadPolicy, cosine_similarity, gpu_support
 from medhash.index._store import IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdRecord, IndexManifest, index_info, load_manifest
 from medhash.index.build import BuildConfig, build_index
+from medhash.index.filters import Filter, FilterError, parse_filter
 from medhash.index.hamming_index import HammingIndex, Hits, SearchResult
 from medhash.index.kinds import KINDS, get_kind
 from medhash.index.maintain import UpdateReport, add_codes, remove_images
@@ -33,6 +36,8 @@ __all__ = [
     "KINDS",
     "MANIFEST_FILE",
     "BuildConfig",
+    "Filter",
+    "FilterError",
     "HammingIndex",
     "Hits",
     "IdRecord",
@@ -48,5 +53,6 @@ __all__ = [
     "gpu_support",
     "index_info",
     "load_manifest",
+    "parse_filter",
     "remove_images",
 ]

@@ -2,8 +2,9 @@
 
 Pass 1 reads only the code and image_id columns: counts the valid rows, hashes the ids to refuse
 duplicates before the expensive part, and draws the training sample for kinds that train (IVF).
-Pass 2 reads code + id-map columns one batch at a time, adds the codes to FAISS and appends the
-id-map rows to ids.parquet with a ParquetWriter. Nothing ever holds all rows of all columns.
+Pass 2 reads code + id-map columns (with the metadata columns: label-table columns, DICOM
+attributes, patient_key) one batch at a time, adds the codes to FAISS and appends the id-map rows
+to ids.parquet with a ParquetWriter. Nothing ever holds all rows of all columns.
 When every shard carries hash values (`encode --store-hash-values`), pass 2 also appends them to
 hash_values.npy, row for row with ids.parquet, for re-ranking.
 """
@@ -21,8 +22,8 @@ from medhash.codes_format import BATCH_ROWS, CodeShard, iter_batches, open_shard
 from medhash.errors import DuplicateImageIdError, IndexManifestError
 from medhash.index._search import omp_threads
 from medhash.index._store import (HASH_VALUES_FILE, IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdHashes, IndexManifest,
-                                  confirm_duplicates, id_rows, lean_arrow_memory, open_id_writer, open_values_writer,
-                                  write_faiss, write_manifest)
+                                  confirm_duplicates, id_rows, id_schema, lean_arrow_memory, open_id_writer,
+                                  open_values_writer, write_faiss, write_manifest)
 from medhash.index.kinds import get_kind
 from medhash.timing import Timings
 
@@ -118,16 +119,18 @@ def _build(codes_dir: Path, out_dir: Path, config: BuildConfig) -> IndexManifest
         (out_dir / HASH_VALUES_FILE).unlink(missing_ok=True)  # an earlier build's, before --overwrite
         if any(s.has_hash_values for s in shards):
             log.warning("%s: only some shards hold hash values; the index stores none (no re-ranking)", codes_dir)
+    # The metadata columns of the codes folder travel into ids.parquet, where filters read them.
+    schema = id_schema(shards[0].metadata)
     with contextlib.ExitStack() as files:
         files.enter_context(timings("add"))
-        ids = files.enter_context(open_id_writer(out_dir / IDS_FILE))
+        ids = files.enter_context(open_id_writer(out_dir / IDS_FILE, schema))
         values = files.enter_context(open_values_writer(out_dir / HASH_VALUES_FILE, bits)) if with_values else None
         add = kind.bulk_adder(index, scan.rows)
         for shard in shards:
             for batch in iter_batches(shard, with_ids=True, batch_rows=config.batch_rows, with_hash_values=with_values):
                 labels = np.arange(ids.rows, ids.rows + len(batch.codes), dtype=np.int64)
                 add(batch.codes, labels)
-                ids.write(id_rows(batch.columns), labels)
+                ids.write(id_rows(batch.columns, schema), labels)
                 if values is not None:
                     values.write(batch.hash_values)
     if index.ntotal != ids.rows:

@@ -1,8 +1,14 @@
-"""HammingIndex: open an index folder (manifest and checksums verified) and answer top-k queries.
+"""HammingIndex: open an index folder (manifest and checksums verified) and answer top-k queries, filtered or not.
 
-A search may re-rank its Hamming top-N by the cosine of the continuous hash values
+ids.parquet is opened once and read through that handle: an `index add/remove` that replaces the
+file while this object still answers (a server before its reload) leaves it reading the version it
+opened. Filters (medhash.index.filters) are evaluated by a MetadataSelector into cached row
+selections; image ids are found through a hash index (IdLookup), built on first use.
+
+A search, filtered or not, may re-rank its Hamming top-N by the cosine of the continuous hash values
 (`search(..., rerank=N, query_values=...)`, medhash.index._search.rerank) when the folder stores
-them (hash_values.npy, memory-mapped: a search reads only its shortlists' rows).
+them (hash_values.npy, memory-mapped: a search reads only its shortlists' rows). A filtered search
+re-ranks the filtered top-N.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medhash.errors import IndexManifestError, InvalidParameterError
-from medhash.index._search import (DEFAULT_POLICY, GpuFlatSearch, Searcher, SearchParams, ThreadPolicy,
-                                   rerank_neighbors)
-from medhash.index._store import (HASH_VALUES_FILE, IDS_FILE, INDEX_FILE, IdRecord, IndexManifest, load_manifest,
-                                  open_values, read_column, read_faiss, records_at)
+from medhash.index._search import (DEFAULT_POLICY, FilteredSearch, GpuFlatSearch, LabelFilter, Searcher, SearchParams,
+                                   ThreadPolicy, rerank_neighbors)
+from medhash.index._store import (HASH_VALUES_FILE, IDS_FILE, INDEX_FILE, IdLookup, IdRecord, IndexManifest,
+                                  load_manifest, open_values, read_faiss, records_at)
+from medhash.index.filters import Filter, parse_filter
 from medhash.index.kinds import get_kind
 from medhash.index.maintain import UpdateReport, add_codes, remove_images
+from medhash.index.selection import MetadataSelector, Selection
 
 __all__ = ["HammingIndex", "Hits", "SearchResult"]
 
@@ -60,10 +68,15 @@ class Hits:
 
 
 class SearchResult:
-    """Per-query lists (lengths differ with ties, or when the index holds fewer than k items)."""
+    """Per-query lists (lengths differ with ties, or when the index holds fewer than k items).
 
-    def __init__(self, hits: list[Hits]):
+    `strategy` says how a filtered search was answered (medhash.index._search.filtered); None unfiltered.
+    """
+
+    def __init__(self, hits: list[Hits], strategy: str | None = None, selected: int | None = None):
         self._hits = hits
+        self.strategy = strategy
+        self.selected = selected  # items the filter let through
 
     @property
     def image_ids(self) -> list[list[str]]:
@@ -119,12 +132,15 @@ class HammingIndex:
         if self.gpu:
             if kind.name != "flat":
                 raise InvalidParameterError(f"GPU search is implemented for flat indexes, this one is {kind.name}")
-            self._searcher: Searcher = GpuFlatSearch(index, kind.searcher(index, manifest.params, self.policy, True))
+            cpu = kind.searcher(index, manifest.params, self.policy, True)
+            self._searcher: Searcher = GpuFlatSearch(index, cpu)
         else:
-            self._searcher = kind.searcher(index, manifest.params, self.policy, self.mapped)
+            cpu = self._searcher = kind.searcher(index, manifest.params, self.policy, self.mapped)
+        self._filtered: FilteredSearch = kind.filtered(index, cpu, manifest.params, self.policy)
         ids_path = self.index_dir / IDS_FILE
-        self._image_ids = read_column(ids_path, "image_id")
-        labels = None if kind.dense_labels else read_column(ids_path, "label").to_numpy()
+        self._ids_file = pq.ParquetFile(pa.OSFile(str(ids_path)))  # this version's file, even once replaced
+        self._image_ids = self._ids_file.read(columns=["image_id"]).column("image_id").combine_chunks()
+        labels = None if kind.dense_labels else self._ids_file.read(columns=["label"]).column("label").to_numpy()
         # Labels are strictly increasing; first 0 and last n-1 means label == row (nothing removed yet).
         self._labels = None if labels is None or not len(labels) or (labels[0] == 0 and labels[-1] == len(labels) - 1) else labels
         if len(self._image_ids) != manifest.count:
@@ -134,6 +150,8 @@ class HammingIndex:
         if self._values is not None and self._values.shape != (manifest.count, manifest.bits):
             raise IndexManifestError(self.index_dir, f"{HASH_VALUES_FILE} holds {self._values.shape}, "
                                      f"manifest says [{manifest.count}, {manifest.bits}]")
+        self._lookup: IdLookup | None = None
+        self._selector = MetadataSelector(self._ids_file, manifest.count, self.row_of)
         self.manifest: IndexManifest = manifest
 
     # -- facts ------------------------------------------------------------------------------------
@@ -154,6 +172,14 @@ class HammingIndex:
         """Whether the folder stores hash values, which `search(..., rerank=N)` needs."""
         return self._values is not None
 
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
+
+    def columns(self) -> list[str]:
+        """The columns of ids.parquet (the metadata a filter can name, besides the fixed ones)."""
+        return self._selector.columns()
+
     def __len__(self) -> int:
         return self.manifest.count
 
@@ -163,17 +189,21 @@ class HammingIndex:
 
     # -- search -----------------------------------------------------------------------------------
     def search(self, codes: np.ndarray, k: int = 10, *, with_ties: bool = False, nprobe: int | None = None,
-               ef_search: int | None = None, rerank: int | None = None,
+               ef_search: int | None = None, filter: str | dict | Filter | None = None, rerank: int | None = None,
                query_values: np.ndarray | None = None) -> SearchResult:
         """Top-k by Hamming distance for each code (uint8 [B, bits/8] or one code [bits/8]).
 
         with_ties returns every item at the k-th distance too. nprobe (ivf) and ef_search (hnsw)
-        override the index's defaults for this call. rerank=N re-orders each query's Hamming top-N
-        (ties at the N-th distance included) by the cosine between `query_values` (the queries' hash
-        values, float [B, bits]: EncodeResult.hash_values) and the stored ones, the rest following in
-        Hamming order; hits then carry `scores` (medhash.index._search.rerank). It needs an index
-        built from codes encoded with --store-hash-values.
+        override the index's defaults for this call. filter (medhash.index.filters: compact text,
+        JSON text, dict or Filter) restricts the answer to the items it lets through; FilterError
+        when it is malformed or names a column the index lacks. rerank=N re-orders each query's
+        Hamming top-N (the filtered top-N under a filter; ties at the N-th distance included) by the
+        cosine between `query_values` (the queries' hash values, float [B, bits]:
+        EncodeResult.hash_values) and the stored ones, the rest following in Hamming order; hits then
+        carry `scores` (medhash.index._search.rerank). It needs an index built from codes encoded
+        with --store-hash-values.
         """
+        flt = parse_filter(filter)
         codes = np.asarray(codes, dtype=np.uint8)
         if codes.ndim == 1:
             codes = codes[None, :]
@@ -185,13 +215,28 @@ class HammingIndex:
         if rerank is not None:
             self.check_rerank(rerank)
             query_values = self._query_values(query_values, len(codes))
+        params = SearchParams(nprobe=nprobe, ef_search=ef_search)
+        # Re-ranking fetches max(k, N) with ties: every item up to the N-th distance, the whole shortlist.
+        fetch_k, fetch_ties = (k, with_ties) if rerank is None else (max(k, rerank), True)
+        if not flt.empty():
+            selection = self.select(flt)
+            found, strategy = self._filtered.search(codes, fetch_k, fetch_ties, params, self._label_filter(selection))
+            return SearchResult(self._hits(found, k, with_ties, rerank, query_values), strategy, selection.count)
         if len(codes) == 0 or len(self) == 0:
             return SearchResult([Hits([], np.empty(0, np.int32), np.empty(0, np.int64)) for _ in codes])
-        params = SearchParams(nprobe=nprobe, ef_search=ef_search)
-        if rerank is not None:
-            return self._search_reranked(codes, k, with_ties, params, rerank, query_values)
-        found = self._searcher.search(codes, k, with_ties, params)
-        return SearchResult([Hits(None, d, self._rows_of(labels), self._ids_at) for d, labels in found])
+        found = self._searcher.search(codes, fetch_k, fetch_ties, params)
+        return SearchResult(self._hits(found, k, with_ties, rerank, query_values))
+
+    def _hits(self, found: list, k: int, with_ties: bool, rerank: int | None,
+              query_values: np.ndarray | None) -> list[Hits]:
+        if rerank is None:
+            return [Hits(None, d, self._rows_of(labels), self._ids_at) for d, labels in found]
+        hits = []
+        for (distances, labels), values in zip(found, query_values):
+            d, rows, scores = rerank_neighbors(distances, self._rows_of(labels), self._values, values, rerank, k,
+                                               with_ties)
+            hits.append(Hits(None, d, rows, self._ids_at, scores=scores))
+        return hits
 
     def check_rerank(self, rerank: int) -> None:
         """Raise InvalidParameterError (one line) unless `search(..., rerank=rerank)` can run on this index."""
@@ -211,16 +256,14 @@ class HammingIndex:
             raise InvalidParameterError(f"query_values of shape {query_values.shape}, expected [{n_queries}, {self.bits}]")
         return query_values
 
-    def _search_reranked(self, codes: np.ndarray, k: int, with_ties: bool, params: SearchParams, rerank: int,
-                         query_values: np.ndarray) -> SearchResult:
-        # Fetching max(k, N) with ties holds every item up to the N-th distance: the whole shortlist.
-        found = self._searcher.search(codes, max(k, rerank), True, params)
-        hits = []
-        for (distances, labels), values in zip(found, query_values):
-            d, rows, scores = rerank_neighbors(distances, self._rows_of(labels), self._values, values, rerank, k,
-                                               with_ties)
-            hits.append(Hits(None, d, rows, self._ids_at, scores=scores))
-        return SearchResult(hits)
+    def select(self, filter: str | dict | Filter) -> Selection:
+        """The rows a filter lets through (cached per filter for this index version)."""
+        return self._selector.select(parse_filter(filter))
+
+    def _label_filter(self, selection: Selection) -> LabelFilter:
+        rows = selection.rows
+        labels = rows if self._labels is None else self._labels[rows]
+        return LabelFilter(rows, labels, selection.mask, len(self))
 
     def _ids_at(self, rows: np.ndarray) -> list[str]:
         return self._image_ids.take(pa.array(rows)).to_pylist()
@@ -234,16 +277,15 @@ class HammingIndex:
         return rows
 
     def row_of(self, image_id: str) -> int | None:
-        """The ids.parquet row of an image id, or None (a linear scan: ~5 ms per million rows)."""
-        import pyarrow.compute as pc
-
-        row = pc.index(self._image_ids, value=pa.scalar(image_id, pa.string())).as_py()
-        return None if row is None or row < 0 else int(row)
+        """The ids.parquet row of an image id, or None (a hash index, built on first use)."""
+        if self._lookup is None:
+            self._lookup = IdLookup(self._image_ids)
+        return self._lookup.row_of(image_id)
 
     def records(self, rows: np.ndarray) -> list[IdRecord]:
-        """image_id, path, labels and box of the given rows (ids.parquet is read on first use)."""
+        """image_id, path, labels, box and metadata of the given rows (ids.parquet is read on first use)."""
         if self._table is None:
-            self._table = pq.read_table(self.index_dir / IDS_FILE)
+            self._table = self._ids_file.read()
         return records_at(self._table, rows)
 
     # -- maintenance (writes the folder, then reloads) --------------------------------------------

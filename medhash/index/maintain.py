@@ -22,7 +22,7 @@ from medhash.index._search import omp_threads
 from medhash.index._store import (HASH_VALUES_FILE, IDS_FILE, INDEX_FILE, IndexManifest, check_compatible,
                                   copy_rows_except, copy_values_except, find_duplicates, id_rows, iter_id_batches,
                                   lean_arrow_memory, load_manifest, open_id_writer, open_values_writer, read_faiss,
-                                  rows_of_image_ids, write_faiss, write_manifest)
+                                  read_id_schema, rows_of_image_ids, write_faiss, write_manifest)
 from medhash.index.kinds import IndexKind, get_kind
 
 __all__ = ["UpdateReport", "add_codes", "remove_images"]
@@ -65,6 +65,7 @@ def _commit(index_dir: Path, index, manifest: IndexManifest, rows: int) -> None:
         raise RuntimeError(f"{index_dir}: index holds {index.ntotal} codes but ids.parquet {rows} rows")
     write_faiss(index, index_dir / INDEX_FILE)
     manifest.count = rows
+    manifest.generation += 1  # what a running server watches for (medhash.serve.reload)
     write_manifest(index_dir, manifest)
 
 
@@ -104,7 +105,8 @@ def _add(index_dir: Path, codes_dir: Path, replace: bool) -> UpdateReport:
     if already:
         drop_rows, drop_labels, _ = rows_of_image_ids(ids_path, already)
         index = kind.remove(index, drop_labels, manifest.params)
-    with open_id_writer(ids_path) as ids, _rewrite_values(index_dir, manifest, drop_rows) as values:
+    schema = read_id_schema(ids_path)  # the index's columns; a new folder's rows are conformed to them
+    with open_id_writer(ids_path, schema) as ids, _rewrite_values(index_dir, manifest, drop_rows) as values:
         copy_rows_except(ids_path, ids, drop_rows, relabel=kind.dense_labels)
         for shard in shards:
             for batch in iter_batches(shard, with_ids=True, with_hash_values=values is not None):
@@ -112,7 +114,7 @@ def _add(index_dir: Path, codes_dir: Path, replace: bool) -> UpdateReport:
                 first = ids.rows if kind.dense_labels else manifest.next_label
                 labels = np.arange(first, first + n, dtype=np.int64)
                 kind.add(index, batch.codes, labels)
-                ids.write(id_rows(batch.columns), labels)
+                ids.write(id_rows(batch.columns, schema), labels)
                 if values is not None:
                     values.write(batch.hash_values)
                 manifest.next_label = max(manifest.next_label, int(first + n))
@@ -141,7 +143,7 @@ def _remove(index_dir: Path, image_ids: list[str]) -> UpdateReport:
     if len(rows) == 0:
         return report
     index = kind.remove(index, labels, manifest.params)
-    with open_id_writer(ids_path) as ids, _rewrite_values(index_dir, manifest, rows):
+    with open_id_writer(ids_path, read_id_schema(ids_path)) as ids, _rewrite_values(index_dir, manifest, rows):
         copy_rows_except(ids_path, ids, rows, relabel=kind.dense_labels)
     _commit(index_dir, index, manifest, ids.rows)
     report.removed, report.count = len(rows), ids.rows

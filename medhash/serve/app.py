@@ -6,6 +6,7 @@ characters. The token is compared in constant time (secrets.compare_digest is hm
 """
 
 # No `from __future__ import annotations`: FastAPI must see the closures' Depends(bearer) objects.
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -25,12 +26,18 @@ from medhash.index import SearchParams
 from medhash.index.params import MAX_EF
 from medhash.serve.budget import ServerBusyError
 from medhash.serve.limits import BodySizeLimit
-from medhash.serve.schemas import Health, Info, SearchResponse
+from medhash.serve.schemas import Health, Info, ReloadResult, SearchResponse
 from medhash.serve.service import BadQueryError, SearchService
 
 access_log = logging.getLogger("medhash.serve.access")
 
 PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
+FILTER_DESCRIPTION = (
+    "Only hits this filter lets through. Compact: `labels_any=Effusion,Mass;sex=F;age=60..;view=PA;"
+    "not_patient=IMAGE_ID`, or the same as a JSON object: `{\"labels_any\": [\"Effusion\"], \"age\": {\"min\": 60}}`. "
+    "Clauses: labels_any, labels_all, labels_none, view, sex, age (LO..HI), not_patient (an archived image id: "
+    "that patient's images are left out), not_patient_key, not_patient_id (hashed with the server's secret; "
+    "never stored or logged), and COLUMN=V1,V2 or COLUMN=LO..HI on any stored column (GET /v1/info lists them).")
 ERRORS = {401: {"description": "Missing or wrong bearer token"}}
 # The largest re-ranked shortlist one request may ask for: its cosines cost ~N x bits flops plus N
 # rows read from hash_values.npy, which stays well under a millisecond per thousand.
@@ -126,8 +133,9 @@ def create_app(service: SearchService) -> FastAPI:
     @app.post("/v1/search", response_model=SearchResponse, dependencies=authorized, tags=["search"],
               responses={**ERRORS, 400: {"description": "The image could not be decoded"},
                          413: {"description": "Upload, or its declared decoded size, larger than the server's limit"},
-                         422: {"description": "Neither image nor code, both, a bad code or a bad k, or rerank "
-                                               "with a code or on an index without hash values"},
+                         422: {"description": "Neither image nor code, both, a bad code, a bad k, a bad filter "
+                                               "(the message names the bad clause), or rerank with a code or on an "
+                                               "index without hash values"},
                          503: {"description": "The decode budget stayed full; retry after Retry-After seconds"}})
     async def search(
         image: Annotated[UploadFile | None, File(description="A radiograph: PNG, JPEG or DICOM")] = None,
@@ -138,20 +146,35 @@ def create_app(service: SearchService) -> FastAPI:
         nprobe: Annotated[int | None, Form(ge=1, le=65_536, description="IVF index: inverted lists to visit")] = None,
         ef_search: Annotated[int | None, Form(ge=1, le=MAX_EF, description="HNSW index: candidate list size")] = None,
         rerank: Annotated[int | None, Form(ge=1, le=MAX_RERANK, description=(
-            "Re-rank the Hamming top N (ties included) by cosine of the hash values; image queries on an index "
-            "that stores them (encode --store-hash-values)"))] = None,
+            "Re-rank the Hamming top N (ties included; the filtered top N with a filter) by cosine of the hash "
+            "values; image queries on an index that stores them (encode --store-hash-values)"))] = None,
+        filter: Annotated[str | None, Form(description=FILTER_DESCRIPTION)] = None,
+        query_image_id: Annotated[str | None, Form(description="The archived image the query is (marks it in the "
+                                                               "hits); by default an upload whose file name is an "
+                                                               "archived id")] = None,
+        exclude_query_patient: Annotated[bool, Form(description="Leave out every image of the query's patient "
+                                                                "(the query must be an archived image)")] = False,
     ) -> SearchResponse:
-        """Search by an uploaded image (encoded by the server's model) or by a code."""
+        """Search by an uploaded image (encoded by the server's model) or by a code, optionally filtered."""
         if (image is None) == (code is None):
             raise BadQueryError("send exactly one of `image` (a file) or `code` (hex or base64)")
         params = SearchParams(nprobe=nprobe, ef_search=ef_search)
+        flt = service.parse_filter(filter)  # a bad filter fails before any decoding
         if code is not None:
-            return await service.search_code(code, k, with_ties, params, rerank=rerank)
+            return await service.search_code(code, k, with_ties, params, flt, query_image_id, exclude_query_patient,
+                                             rerank=rerank)
         data = await image.read()
         if not data:
             raise BadQueryError(f"uploaded file {shorten(image.filename or 'image')} is empty")
-        return await service.search_image(data, image.filename or "upload", k, with_ties, overlay, params,
-                                          rerank=rerank)
+        return await service.search_image(data, image.filename or "upload", k, with_ties, overlay, params, flt,
+                                          query_image_id, exclude_query_patient, rerank=rerank)
+
+    @app.post("/v1/reload", response_model=ReloadResult, dependencies=authorized, tags=["operations"],
+              responses=ERRORS)
+    async def reload() -> ReloadResult:
+        """Swap in the index folder's current version now (after `medhash index add/remove`), if it changed.
+        The server also notices a new version by itself within its --reload-poll-ms."""
+        return await asyncio.get_running_loop().run_in_executor(None, service.reload)
 
     @app.get("/v1/images/{image_id}", dependencies=authorized, tags=["search"], response_class=Response,
              responses={**PNG, **ERRORS, 404: {"description": "Unknown id, or its file is not in the archive"}})

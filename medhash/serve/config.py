@@ -34,6 +34,8 @@ class ServeConfig:
     max_batch: int = 16  # concurrent uploads encoded together, at most this many per forward pass
     thumbnail_size: int = 256  # longest side of /v1/images thumbnails, unless the request asks for another
     cache_items: int = 512  # rendered thumbnails kept in memory
+    reload_poll_ms: int = 1000  # stat manifest.json this often to pick up index add/remove; 0 = only POST /v1/reload
+    patient_key_secret_file: str | None = None  # site secret: lets filters name a raw patient id (not_patient_id)
     access_log: bool = False  # one log line per request (medhash.serve.access): method, path, status, ms
 
     def __post_init__(self) -> None:

@@ -17,6 +17,10 @@ class Hit(BaseModel):
     overlay_url: str | None = Field(None, description="The thumbnail with saliency map and crop box drawn")
     score: float | None = Field(None, description="Re-ranked searches: cosine similarity of the query's and this "
                                                   "item's hash values; null for hits after the re-ranked shortlist")
+    age: float | None = Field(None, description="Age in years (label table, else DICOM); null when unknown")
+    sex: str | None = Field(None, description="Sex as stored (label table, else DICOM)")
+    view: str | None = Field(None, description="View position (PA, AP, ...) as stored")
+    is_query: bool = Field(False, description="This archived image is the query itself")
 
 
 class Prediction(BaseModel):
@@ -32,6 +36,9 @@ class Query(BaseModel):
     height: int | None = None
     predicted: list[Prediction] = Field(default_factory=list, description="Classifier outputs of at least 0.5")
     overlay_png: str | None = Field(None, description="data: URL of the query with saliency and box (when overlay=true)")
+    image_png: str | None = Field(None, description="data: URL of the query without overlay (when overlay=true)")
+    archived_image_id: str | None = Field(None, description="The query's own image id when it is in the archive "
+                                                            "(named by query_image_id, or its file name is an id)")
 
 
 class SearchResponse(BaseModel):
@@ -46,6 +53,12 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float]
     rerank: int | None = Field(None, description="The shortlist size N when the Hamming top N was re-ranked "
                                                  "by cosine of the hash values")
+    filter: dict | None = Field(None, description="The filter applied, in its normalized JSON form (patient ids only "
+                                                  "as keyed hashes)")
+    strategy: str | None = Field(None, description="How a filtered search was answered: scan_selected, scan_masked, "
+                                                   "probe_widened, probe_widened+scan_selected or empty")
+    selected: int | None = Field(None, description="Archived items the filter lets through")
+    generation: int = Field(0, description="The index version that answered")
 
 
 class Info(BaseModel):
@@ -62,6 +75,14 @@ class Info(BaseModel):
     medhash_version: str
     faiss_version: str | None
     hash_values: bool = Field(False, description="The index stores hash values: image searches may ask for `rerank`")
+    generation: int = 0
+    columns: list[str] = Field(default_factory=list, description="Stored columns a filter can name")
+
+
+class ReloadResult(BaseModel):
+    reloaded: bool = Field(description="A new index version was found and swapped in")
+    generation: int
+    count: int
 
 
 class Health(BaseModel):

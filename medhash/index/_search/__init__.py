@@ -6,14 +6,17 @@ Every searcher answers `search(queries, k, with_ties=False, params=SearchParams(
 - multihash.MultiHashSearch (multihash): FAISS's multi-index hashing, made exact by a pigeonhole
   check, with ExactScan as the fallback;
 - approx.ApproxSearch (ivf, hnsw): per-call nprobe / ef_search;
-- gpu.GpuFlatSearch (flat on a GPU), and GPU training of the IVF quantizer.
-rerank re-orders a Hamming shortlist by the cosine of the stored hash values.
+- gpu.GpuFlatSearch (flat on a GPU), and GPU training of the IVF quantizer;
+- filtered.FilteredSearch: the top-k among the items a filter lets through, for every kind (exact
+  kinds exactly; approximate kinds never return an unselected item).
+rerank re-orders a Hamming shortlist (filtered or not) by the cosine of the stored hash values.
 neighbors holds the neighbour-list type and the ordering and tie rules; threads the thread policy
 and the scan pool the searchers share. faiss is imported inside functions only.
 """
 
 from medhash.index._search.approx import ApproxSearch, hnsw_params, ivf_params
-from medhash.index._search.exact import ExactScan, flat_codes, flat_codes_buffer
+from medhash.index._search.exact import ExactScan, flat_codes, flat_codes_buffer, gather_codes, hamming_distances
+from medhash.index._search.filtered import FilteredSearch, LabelFilter
 from medhash.index._search.gpu import GpuFlatSearch, gpu_support, use_gpu_for_training
 from medhash.index._search.multihash import MultiHashSearch
 from medhash.index._search.neighbors import Neighbors, Searcher, SearchParams
@@ -24,7 +27,9 @@ __all__ = [
     "DEFAULT_POLICY",
     "ApproxSearch",
     "ExactScan",
+    "FilteredSearch",
     "GpuFlatSearch",
+    "LabelFilter",
     "MultiHashSearch",
     "Neighbors",
     "ScanPool",
@@ -34,7 +39,9 @@ __all__ = [
     "cosine_similarity",
     "flat_codes",
     "flat_codes_buffer",
+    "gather_codes",
     "gpu_support",
+    "hamming_distances",
     "hnsw_params",
     "ivf_params",
     "omp_threads",

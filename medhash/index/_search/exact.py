@@ -22,10 +22,14 @@ import numpy as np
 from medhash.index._search.neighbors import Neighbors, SearchParams, select
 from medhash.index._search.threads import ThreadPolicy, omp_threads, shared_pool
 
-__all__ = ["ExactScan", "flat_codes", "flat_codes_buffer"]
+__all__ = ["ExactScan", "flat_codes", "flat_codes_buffer", "gather_codes", "hamming_distances"]
 
 SAMPLE_ROWS = 16_384
 RANGE_OVERSAMPLE = 4  # aim the radius at ~4k expected hits: few retries, few extra results
+# A filtered scan drops the unselected codes inside the radius, so every extra code costs; its radius
+# is aimed at 2k selected codes (measured at 1M clustered codes, 54% selected: 0.645 ms vs 0.677 ms at
+# 4k, unfiltered 0.62 ms), still rarely short of k.
+MASKED_OVERSAMPLE = 2
 
 
 def flat_codes_buffer(flat, rows: int) -> np.ndarray:
@@ -41,6 +45,30 @@ def flat_codes_buffer(flat, rows: int) -> np.ndarray:
 def flat_codes(flat) -> np.ndarray:
     """The index's ntotal codes, zero-copy."""
     return flat_codes_buffer(flat, flat.ntotal)
+
+
+def gather_codes(codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """codes[rows] for uint8 [N, code_size], copying whole codes (~10x faster than 2-D fancy indexing)."""
+    cs = codes.shape[1]
+    return np.take(np.ascontiguousarray(codes).view(f"V{cs}").ravel(), rows).view(np.uint8).reshape(len(rows), cs)
+
+
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def hamming_distances(q: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """int32 Hamming distance from one uint8 code to each row of uint8 [N, code_size]."""
+    nbytes = codes.shape[1]
+    if nbytes % 8 == 0 and len(codes):
+        x = np.ascontiguousarray(codes).view(np.uint64) ^ np.ascontiguousarray(q.reshape(1, -1)).view(np.uint64)
+        if hasattr(np, "bitwise_count"):
+            if x.shape[1] == 1:
+                return np.bitwise_count(x[:, 0]).astype(np.int32)
+            return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+        x = x.view(np.uint8)
+    else:
+        x = codes ^ q.reshape(1, -1)
+    return _POPCOUNT8[x].sum(axis=1, dtype=np.int32)
 
 
 def _flat_of(codes: np.ndarray, bits: int):
@@ -75,6 +103,8 @@ class ExactScan:
         sample_step = self.ntotal // sample_rows
         # Only worth it when the sample is much smaller than the index.
         self.sample = _flat_of(codes[::sample_step][:sample_rows], self.bits) if sample_step >= RANGE_OVERSAMPLE else None
+        self.sample_rows = np.arange(0, self.ntotal, max(1, sample_step), dtype=np.int64)[:sample_rows]
+        self._selected_sample: tuple | None = None  # filtered searches: the last selection's sample codes
         self.pool = shared_pool(policy.search_threads) if policy.search_threads > 1 else None
 
     # -- shard fan-out -------------------------------------------------------------------------
@@ -141,6 +171,56 @@ class ExactScan:
             D, I = self._range(q, radius, parallel)
             if len(D) >= k or radius > self.bits:
                 return select(D, I, k, with_ties)
+            radius += max(1, radius // 4)
+
+    # -- filtered (mask: bool by row, the rows that may be returned) ------------------------------
+    def codes_at(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 [len(rows), code_size] codes of the given sorted rows, gathered from the shards."""
+        if len(self.shards) == 1:
+            return gather_codes(flat_codes(self.shards[0]), rows)
+        bounds = np.searchsorted(rows, self.offsets[1:] + [self.ntotal])
+        parts, start = [], 0
+        for shard, offset, end in zip(self.shards, self.offsets, bounds):
+            parts.append(gather_codes(flat_codes(shard), rows[start:end] - offset))
+            start = end
+        return np.concatenate(parts)
+
+    def _masked_radius(self, q: np.ndarray, k: int, mask: np.ndarray) -> int | None:
+        """A radius holding ~RANGE_OVERSAMPLE * k selected codes, read off the selected part of the sample.
+
+        Every sample distance is computed (popcount over 16k codes, cheaper than FAISS's knn with the
+        larger k a sparse selection would need) and the selected ones' histogram gives the radius.
+        """
+        if self.sample is None:
+            return None
+        cached = self._selected_sample  # (mask, its selected sample codes): one selection repeats across queries
+        if cached is None or cached[0] is not mask:
+            cached = (mask, flat_codes(self.sample)[mask[self.sample_rows]].copy())
+            self._selected_sample = cached
+        m = self.sample.ntotal
+        want = math.ceil(MASKED_OVERSAMPLE * k * m / self.ntotal)  # selected sample codes inside the radius
+        if len(cached[1]) < want:
+            return None
+        passing = hamming_distances(q.reshape(-1), cached[1])
+        return int(np.searchsorted(np.cumsum(np.bincount(passing)), want)) + 1
+
+    def query_masked(self, q: np.ndarray, k: int, with_ties: bool, mask: np.ndarray, fraction: float,
+                     parallel: bool = True) -> Neighbors:
+        """Exact top-k among the rows where mask is True: range scans of every code, unselected ones dropped.
+
+        The scan costs what the unfiltered one does (the mask is applied to the few thousand codes
+        inside the radius); the radius is aimed with the selected part of the sample, so a filter
+        whose rows lie far from the query starts wide instead of growing many times.
+        """
+        q = q.reshape(1, -1)
+        radius = self._masked_radius(q, k, mask)
+        if radius is None:
+            radius = self.bits + 1
+        while True:
+            D, I = self._range(q, radius, parallel)
+            keep = mask[I]
+            if int(np.count_nonzero(keep)) >= k or radius > self.bits:
+                return select(D[keep], I[keep], k, with_ties)
             radius += max(1, radius // 4)
 
     # -- many queries ----------------------------------------------------------------------------

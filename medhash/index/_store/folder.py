@@ -1,7 +1,8 @@
 """The on-disk index folder: layout, manifest, checksums, and FAISS read/write.
 
     IDX/index.faiss    faiss.write_index_binary of the index
-    IDX/ids.parquet    one row per indexed item, in row order: label, image_id, path, labels, box
+    IDX/ids.parquet    one row per indexed item, in row order: label, image_id, path, labels, box, and the
+                       codes folder's metadata columns
     IDX/hash_values.npy  optional: float16 [count, bits] hash-layer values per row (hash_values.py), for re-ranking
     IDX/manifest.json  what the files are, bound to (model_id, bits), with the sha256 of each file
 
@@ -48,6 +49,7 @@ class IndexManifest:
     format_version: int = FORMAT_VERSION
     skipped_rows: int = 0  # input rows dropped (null code / image_id) over all builds and adds
     build_seconds: dict = field(default_factory=dict)  # stage -> seconds of the initial build
+    generation: int = 0  # +1 per add / remove: a running server reloads when it changes
     hash_values: bool = False  # HASH_VALUES_FILE holds each row's hash-layer values (re-ranking)
 
     def data_files(self) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["IdHashes", "confirm_duplicates", "find_duplicates"]
+__all__ = ["IdHashes", "confirm_duplicates", "find_duplicates", "hash_strings"]
 
 _MULT = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime; positions weighted by its powers
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
