@@ -4,6 +4,7 @@ the similarity loss, C2L initialization and the configurable `default` recipe, o
     python -m benchmarks.quality_cv --work /var/tmp/medhash-quality-cv           # every cell
     python benchmarks/quality_cv.py --work /var/tmp/medhash-quality-cv --variants previous_default,similarity --folds 0,1
     python -m benchmarks.quality_cv --smoke --work /tmp/qcv --results /tmp/qcv-results   # phantoms, tiny, 2 folds
+    python -m benchmarks.quality_cv --work /var/tmp/medhash-quality-cv --variants rerank_100,rerank_1000
 
 Protocol. The dev table's `dev_fold` column splits it into 5 patient-grouped folds. A cell is
 (variant, bits, fold): train on the other four folds, encode every image, and rank those four folds
@@ -14,7 +15,14 @@ Recipes. `previous_default` is benchmarks/train_nih.py's training at its `cpu` p
 epochs 8/6/80, random init, the paper's three losses, bit balance 1.0). The other variants change it
 as VARIANTS says; `c2l_init` first pretrains a backbone with C2L on the four training folds only
 (never the query fold) and initializes both branches from it. `default` is DEFAULT_RECIPE, the
-candidate for the new default. Re-ranking is not in medhash yet (NOT_AVAILABLE).
+candidate for the new default. `rerank_100` and `rerank_1000` train nothing of their own: they take
+previous_default's model of the fold (the same stages and checkpoint, so they run in seconds once it
+exists) and re-rank each query's Hamming top-N (ties at the N-th distance included) by the cosine of
+the continuous hash values, the database's stored as float16 as `medhash encode --store-hash-values`
+stores them (what `HammingIndex.search(rerank=N)` does). The figures are those of the whole re-ranked
+list: the shortlist in cosine order, then the rest of the database in Hamming order, scored by
+evaluate_scores on medhash.eval.reranked_distances (ties only where cosine and distance, or the
+distance after the shortlist, tie); each row also holds the fold's Hamming mAP for a paired delta.
 
 Resumable and cheap where it can be. Each cell writes its JSON atomically into
 <results>/quality_cv/cells/ with a digest of its recipe, and a rerun skips the cells whose digest
@@ -50,7 +58,8 @@ from medhash.atomic import atomic_path
 from medhash.bench.machine import machine_info
 from medhash.data.labels import read_label_table
 from medhash.data.phantoms import PhantomConfig, write_phantom_dataset
-from medhash.eval.metrics import evaluate_codes
+from medhash.eval import evaluate_codes, evaluate_scores, hamming_distances, reranked_distances, shortlist_mask
+from medhash.index import cosine_similarity
 from medhash.model import load_model, pack_codes, weights_id
 from medhash.train import TrainConfig, train
 from medhash.train.data import ImageSet, load_image_set
@@ -79,10 +88,13 @@ VARIANTS: dict[str, dict] = {
     "similarity": {"losses": {"similarity": SIMILARITY_WEIGHT}},
     "c2l_init": {"c2l_init": True},
     "default": DEFAULT_RECIPE,
+    # previous_default's model; the Hamming top-N re-ranked by cosine of the hash values (see the docstring)
+    "rerank_100": {"rerank": 100},
+    "rerank_1000": {"rerank": 1000},
 }
 VARIANT_BITS = {"previous_default": (16, 32, 64)}  # every other variant: 64 bits
 DEFAULT_BITS = (64,)
-NOT_AVAILABLE = {"rerank": "re-ranking of the Hamming shortlist is not in medhash yet"}
+NOT_AVAILABLE: dict[str, str] = {}  # variant -> why it cannot be measured yet
 FOLDS = (0, 1, 2, 3, 4)
 KS = (10, 100)
 C2L_SIZES = {"cpu": MODES["cpu"][0], "gpu": MODES["full"][0]}  # pretrain_c2l.py's sizes per training profile
@@ -134,9 +146,11 @@ class Setup:
     def config(self, cell: Cell) -> TrainConfig:
         """previous_default for this fold, with the variant's changes."""
         recipe = VARIANTS[cell.variant]
-        unknown = set(recipe) - {"model", "losses", "train", "c2l_init"}
+        unknown = set(recipe) - {"model", "losses", "train", "c2l_init", "rerank"}
         if unknown:
             raise ValueError(f"variant {cell.variant}: unknown recipe keys {sorted(unknown)}")
+        if "rerank" in recipe:  # previous_default's model itself: same stages, same checkpoint
+            return self.config(Cell("previous_default", cell.bits, cell.fold))
         folder = self.fold_dir(cell.fold)
         base = base_config(self.profile, DEFAULT_DATA_ROOT, cell.bits, folder / f"{cell.name}.pt", folder / "stages", self.device)
         others = tuple(f for f in FOLDS if f != cell.fold)
@@ -153,6 +167,8 @@ class Setup:
             recipe.pop(key)
         recipe["data"] = self.data_name
         recipe["init"] = {"c2l": asdict(self.c2l_sizes)} if cell.c2l else "random"
+        if "rerank" in VARIANTS[cell.variant]:
+            recipe["rerank"] = {"n": VARIANTS[cell.variant]["rerank"], "values": "float16 database, cosine"}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def cell_path(self, cell: Cell) -> Path:
@@ -200,9 +216,10 @@ def ensure_c2l_backbone(setup: Setup, fold: int) -> float:
     return time.perf_counter() - t0
 
 
-def fold_codes(setup: Setup, images: DevImages, config: TrainConfig) -> np.ndarray:
-    """Packed codes of every dev image under a trained checkpoint. The pooled backbone features are
-    kept per fold and backbone weights: every hash-head variant of a fold encodes from them."""
+def fold_hash_values(setup: Setup, images: DevImages, config: TrainConfig) -> np.ndarray:
+    """The hash layer's values (float32 [n, bits], tanh) of every dev image under a trained checkpoint; their
+    signs are the codes. The pooled backbone features are kept per fold and backbone weights: every
+    hash-head variant of a fold encodes from them."""
     model, _ = load_model(config.out)
     trainer = Trainer(config)
     backbone = {k: v for k, v in model.state_dict().items()
@@ -216,7 +233,17 @@ def fold_codes(setup: Setup, images: DevImages, config: TrainConfig) -> np.ndarr
         with atomic_path(path) as tmp:
             torch.save(feats, tmp)
     with torch.no_grad():
-        return pack_codes(model.hash_head({k: v.to(trainer.device) for k, v in feats.items()})[1])
+        return model.hash_head({k: v.to(trainer.device) for k, v in feats.items()})[1].float().cpu().numpy()
+
+
+def reranked_report(codes: np.ndarray, values: np.ndarray, queries: np.ndarray, database: np.ndarray,
+                    labels: np.ndarray, n: int):
+    """Figures of the whole re-ranked ranking: each query's Hamming top-n (with ties) by cosine of the
+    hash values (the database's as float16, as an index stores them), then the rest by distance."""
+    distances = hamming_distances(codes[queries], codes[database])
+    cosine = cosine_similarity(values[database].astype(np.float16), values[queries])
+    ranking = reranked_distances(distances, cosine, shortlist_mask(distances, n))
+    return evaluate_scores(ranking, labels[queries], labels[database], ks=KS)
 
 
 def run_cell(setup: Setup, images: DevImages, cell: Cell) -> dict:
@@ -225,14 +252,21 @@ def run_cell(setup: Setup, images: DevImages, cell: Cell) -> dict:
     t0 = time.perf_counter()
     result = train(config)
     train_s = time.perf_counter() - t0
-    codes = fold_codes(setup, images, config)
+    values = fold_hash_values(setup, images, config)
+    codes = pack_codes(torch.from_numpy(values))
     queries, database = images.folds == cell.fold, images.folds != cell.fold
     report = evaluate_codes(codes[queries], codes[database], images.labels[queries], images.labels[database], ks=KS)
+    extra = {}
+    rerank = VARIANTS[cell.variant].get("rerank")
+    if rerank is not None:
+        extra = {"rerank": rerank, "hamming_map_tie_aware": report.map_tie_aware,
+                 "hamming_ndcg_at_100": report.ndcg_at_k[100]}
+        report = reranked_report(codes, values, queries, database, images.labels, rerank)
     return {"variant": cell.variant, "bits": cell.bits, "fold": cell.fold, "map_tie_aware": report.map_tie_aware,
             "ndcg_at_100": report.ndcg_at_k[100], "acg_at_100": report.acg_at_k[100], "wmap": report.wmap,
             "p_at_10": report.p_at_k[10], "train_s": train_s, "pretrain_s": pretrain_s,
             "map_at_100": report.map_at_k[100], "n_queries": int(queries.sum()), "n_database": int(database.sum()),
-            "model_id": result.model_id, "recipe_digest": setup.digest(cell)}
+            "model_id": result.model_id, "recipe_digest": setup.digest(cell), **extra}
 
 
 def current_rows(setup: Setup) -> tuple[list[dict], list[str]]:

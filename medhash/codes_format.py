@@ -16,7 +16,9 @@ A code shard has the columns image_id string, path string, code fixed_size_binar
 box fixed_size_list<int32>[4]; then labels list<string> (when a label table was given; null: the
 image is not in the table); then the metadata columns the job asked for (`MetadataColumns`:
 label-table columns as strings, the non-identifying DICOM attributes `DICOM_COLUMNS`, and
-`patient_key`, a keyed hash); then features list<float16> (when features are stored). Both
+`patient_key`, a keyed hash); then features list<float16> (when features are stored); then
+hash_values fixed_size_list<float16>[bits] (when hash values are stored: the hash layer's tanh
+outputs, whose signs are the code; what re-ranking a Hamming shortlist compares by cosine). Both
 Parquet files carry the file metadata medhash.model_id and medhash.bits, and medhash.engine where
 the writer knows the encoder engine. model_id binds codes to the model that made them: codes of two
 models live in different Hamming spaces, so readers refuse to mix them.
@@ -56,6 +58,7 @@ __all__ = [
     "DICOM_COLUMNS",
     "ERRORS_DIR",
     "ERROR_COLUMNS",
+    "HASH_VALUES_COLUMN",
     "INPUTS_ERRORS_FILE",
     "MANIFEST_FILE",
     "MANIFEST_FORMAT",
@@ -74,6 +77,7 @@ __all__ = [
     "code_columns",
     "codes_schema",
     "codes_to_array",
+    "hash_values_to_array",
     "dicom_column_values",
     "errors_schema",
     "iter_batches",
@@ -114,6 +118,10 @@ DICOM_COLUMNS: dict[str, pa.DataType] = {
     "pixel_spacing": pa.list_(pa.float64(), 2),  # (row, column) spacing in mm
 }
 PATIENT_KEY_COLUMN = "patient_key"  # HMAC-SHA256 of the patient id under the site's secret, hex
+# The hash layer's tanh outputs, float16 [bits] per row. Beside `features`, not instead: the fused
+# features stay for users who want them, while re-ranking uses these (ranking by the cosine of the
+# fused features was far worse than Hamming order on held-out data; these gave a small gain).
+HASH_VALUES_COLUMN = "hash_values"
 # Rows per streamed batch. 16k rather than 64k: at 10M codes the build's peak RSS fell from 2.5x to
 # 2.2x the index size, and the build ran no slower (benchmarks/search_latency.py).
 BATCH_ROWS = 16_384
@@ -182,13 +190,14 @@ def shard_metadata(model_id: str, bits: int, engine: str | None = None) -> dict[
     return meta
 
 
-def code_columns(with_labels: bool, store_features: bool, metadata: MetadataColumns = MetadataColumns()) -> list[str]:
+def code_columns(with_labels: bool, store_features: bool, metadata: MetadataColumns = MetadataColumns(),
+                 store_hash_values: bool = False) -> list[str]:
     return (list(CODE_COLUMNS) + (["labels"] if with_labels else []) + metadata.names()
-            + (["features"] if store_features else []))
+            + (["features"] if store_features else []) + ([HASH_VALUES_COLUMN] if store_hash_values else []))
 
 
 def codes_schema(bits: int, *, with_labels: bool, store_features: bool, metadata: dict[bytes, bytes],
-                 columns: MetadataColumns = MetadataColumns()) -> pa.Schema:
+                 columns: MetadataColumns = MetadataColumns(), store_hash_values: bool = False) -> pa.Schema:
     fields = [
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
@@ -200,6 +209,8 @@ def codes_schema(bits: int, *, with_labels: bool, store_features: bool, metadata
     fields += columns.fields()
     if store_features:
         fields.append(pa.field("features", pa.list_(pa.float16()), nullable=False))
+    if store_hash_values:
+        fields.append(pa.field(HASH_VALUES_COLUMN, pa.list_(pa.float16(), bits), nullable=False))
     return pa.schema(fields, metadata=metadata)
 
 
@@ -218,10 +229,12 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 def write_code_shard(path: str | Path, *, model_id: str, bits: int, image_ids: Sequence[str], paths: Sequence[str],
                      codes: np.ndarray, boxes: np.ndarray, labels: Sequence[Sequence[str] | None] | None = None,
                      features: np.ndarray | None = None, engine: str | None = None,
-                     columns: MetadataColumns = MetadataColumns(), values: Sequence[Mapping] = ()) -> None:
-    """Write one code shard: codes uint8 [N, bits/8], boxes int [N, 4], features float [N, D].
+                     columns: MetadataColumns = MetadataColumns(), values: Sequence[Mapping] = (),
+                     hash_values: np.ndarray | None = None) -> None:
+    """Write one code shard: codes uint8 [N, bits/8], boxes int [N, 4], features float [N, D],
+    hash_values float [N, bits] (both stored as float16).
 
-    labels=None / features=None leave that column out; a None inside labels is a null row.
+    labels=None / features=None / hash_values=None leave that column out; a None inside labels is a null row.
     `values` holds one mapping per row for the `columns` (a name missing from a mapping is null).
     """
     nbytes = bits // 8
@@ -231,7 +244,8 @@ def write_code_shard(path: str | Path, *, model_id: str, bits: int, image_ids: S
         raise ValueError(f"codes shape {codes.shape} is not [{n}, {nbytes}]")
     boxes = np.ascontiguousarray(boxes, dtype=np.int32)
     schema = codes_schema(bits, with_labels=labels is not None, store_features=features is not None,
-                          metadata=shard_metadata(model_id, bits, engine), columns=columns)
+                          metadata=shard_metadata(model_id, bits, engine), columns=columns,
+                          store_hash_values=hash_values is not None)
     arrays = [
         pa.array(list(image_ids), pa.string()),
         pa.array(list(paths), pa.string()),
@@ -248,6 +262,11 @@ def write_code_shard(path: str | Path, *, model_id: str, bits: int, image_ids: S
         features = np.asarray(features).astype(np.float16, copy=False)
         offsets = pa.array(np.arange(n + 1, dtype=np.int32) * features.shape[1], pa.int32())
         arrays.append(pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1), pa.float16())))
+    if hash_values is not None:
+        hash_values = np.ascontiguousarray(hash_values, dtype=np.float16)
+        if hash_values.shape != (n, bits):
+            raise ValueError(f"hash values shape {hash_values.shape} is not [{n}, {bits}]")
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(hash_values.reshape(-1), pa.float16()), bits))
     _write_parquet(pa.Table.from_arrays(arrays, schema=schema), Path(path))
 
 
@@ -273,6 +292,7 @@ class CodesManifest:
     request: dict = field(default_factory=dict)  # the inputs and options that produced the folder
     timing: dict = field(default_factory=dict)
     metadata_columns: MetadataColumns = MetadataColumns()
+    store_hash_values: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -283,7 +303,9 @@ class CodesManifest:
             "engine": self.engine,
             "with_labels": self.with_labels,
             "store_features": self.store_features,
-            "columns": code_columns(self.with_labels, self.store_features, self.metadata_columns),
+            "store_hash_values": self.store_hash_values,
+            "columns": code_columns(self.with_labels, self.store_features, self.metadata_columns,
+                                    self.store_hash_values),
             "request": self.request,
             "counts": self.counts,
             "shards": self.shards,
@@ -314,6 +336,7 @@ def write_codes_manifest(codes_dir: str | Path, *, model_id: str, bits: int) -> 
     return write_manifest(codes_dir, CodesManifest(
         model_id=model_id, bits=bits, engine=engine.decode() if engine is not None else None,
         with_labels="labels" in names, store_features="features" in names, shards=shards,
+        store_hash_values=HASH_VALUES_COLUMN in names,
         counts={"found": sum(rows), "encoded": sum(rows), "failed": 0, "skipped": 0, "shards": len(shards)}))
 
 
@@ -330,6 +353,7 @@ class CodeShard:
     # The metadata columns (label-table columns, DICOM_COLUMNS, patient_key) in shard order: what an
     # index carries into its ids.parquet so searches can filter on them.
     metadata: tuple[pa.Field, ...] = ()
+    has_hash_values: bool = False
 
     @property
     def metadata_names(self) -> list[str]:
@@ -344,6 +368,7 @@ class CodeBatch:
     image_ids: pa.Array  # string
     columns: pa.RecordBatch  # code, image_id, and path, box, labels and metadata (when present) if asked for
     skipped: int  # rows dropped because code or image_id was null
+    hash_values: np.ndarray | None = None  # float16 [B, bits] when asked for (iter_batches with_hash_values)
 
 
 def _manifest_entries(codes_dir: Path) -> list[dict]:
@@ -425,9 +450,16 @@ def _inspect(path: Path) -> CodeShard:
     code_type = schema.field("code").type
     if not (pa.types.is_fixed_size_binary(code_type) and code_type.byte_width == bits // 8):
         raise CodeShardError(path, f"column code is {code_type}, expected fixed_size_binary[{bits // 8}]")
-    not_metadata = set(CODE_COLUMNS) | {"labels", "features"}
+    if HASH_VALUES_COLUMN in schema.names:
+        values_type = schema.field(HASH_VALUES_COLUMN).type
+        if not (pa.types.is_fixed_size_list(values_type) and values_type.list_size == bits
+                and pa.types.is_float16(values_type.value_type)):
+            raise CodeShardError(path, f"column {HASH_VALUES_COLUMN} is {values_type}, expected "
+                                 f"fixed_size_list<float16>[{bits}]")
+    not_metadata = set(CODE_COLUMNS) | {"labels", "features", HASH_VALUES_COLUMN}
     metadata = tuple(f for f in schema if f.name not in not_metadata)
-    return CodeShard(path, kv[META_MODEL_ID].decode(), bits, meta.num_rows, "labels" in schema.names, metadata)
+    return CodeShard(path, kv[META_MODEL_ID].decode(), bits, meta.num_rows, "labels" in schema.names, metadata,
+                     HASH_VALUES_COLUMN in schema.names)
 
 
 def shard_model_id(path: Path) -> str | None:
@@ -449,16 +481,30 @@ def codes_to_array(column: pa.Array, nbytes: int) -> np.ndarray:
     return flat[column.offset * nbytes:].reshape(len(column), nbytes)
 
 
-def iter_batches(shard: CodeShard, *, with_ids: bool = True, batch_rows: int = BATCH_ROWS) -> Iterator[CodeBatch]:
+def hash_values_to_array(column: pa.Array, bits: int) -> np.ndarray:
+    """fixed_size_list<float16>[bits] Arrow array without nulls -> float16 [N, bits]."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), bits)
+
+
+def iter_batches(shard: CodeShard, *, with_ids: bool = True, batch_rows: int = BATCH_ROWS,
+                 with_hash_values: bool = False) -> Iterator[CodeBatch]:
     """Yield the valid rows of one shard; rows with a null code or image_id are skipped and counted.
 
     with_ids=False reads only the code and image_id columns (the cheap pre-pass); with_ids=True
-    adds path, box, labels and the metadata columns (when the shard has them).
+    adds path, box, labels and the metadata columns (when the shard has them). with_hash_values=True
+    also yields the stored hash values (the shard must have them: `CodeShard.has_hash_values`).
     """
     nbytes = shard.bits // 8
     columns = ["code", "image_id"]
     if with_ids:
         columns += ["path", "box"] + (["labels"] if shard.has_labels else []) + shard.metadata_names
+    if with_hash_values:
+        if not shard.has_hash_values:
+            raise CodeShardError(shard.path, f"has no {HASH_VALUES_COLUMN} column (encode with --store-hash-values)")
+        columns.append(HASH_VALUES_COLUMN)
     try:
         reader = pq.ParquetFile(shard.path, pre_buffer=False, buffer_size=1 << 20)
         for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):
@@ -472,6 +518,8 @@ def iter_batches(shard: CodeShard, *, with_ids: bool = True, batch_rows: int = B
                 image_ids=batch.column("image_id").cast(pa.string()),
                 columns=batch,
                 skipped=skipped,
+                hash_values=(hash_values_to_array(batch.column(HASH_VALUES_COLUMN), shard.bits)
+                             if with_hash_values else None),
             )
     except (OSError, pa.ArrowException) as exc:
         raise CodeShardError(shard.path, f"read failed: {exc}") from exc

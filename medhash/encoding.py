@@ -10,7 +10,7 @@ without importing torch, and medhash.model.encoder turns a name into a runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -47,6 +47,9 @@ class EncodeResult:
     saliency: np.ndarray  # float32 [B, S, S] in [0, 1], S = global_size
     logits: np.ndarray  # float32 [B, C] classifier on the hash layer
     features: np.ndarray | None = None  # float32 [B, fusion_dim] continuous fused features
+    # float32 [B, bits]: the hash layer's tanh outputs, whose signs are the codes. HashEncoder always
+    # fills it (both engines have it for free); re-ranking a Hamming shortlist compares them by cosine.
+    hash_values: np.ndarray | None = None
 
     @staticmethod
     def concat(parts: Sequence["EncodeResult"]) -> "EncodeResult":
@@ -54,7 +57,7 @@ class EncodeResult:
             values = [getattr(p, name) for p in parts]
             return None if any(v is None for v in values) else np.concatenate(values)
 
-        return EncodeResult(**{name: cat(name) for name in ("codes", "boxes", "saliency", "logits", "features")})
+        return EncodeResult(**{f.name: cat(f.name) for f in fields(EncodeResult)})
 
 
 class ImageEncoder(Protocol):

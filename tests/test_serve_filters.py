@@ -105,7 +105,8 @@ def test_index_remove_and_add_under_load(served_archive, codes, tmp_path):
     write_code_shard(back / "part-00000.parquet", model_id=pq.read_metadata(
         served_archive.root / "codes" / "part-00000.parquet").metadata[b"medhash.model_id"].decode(),
         bits=codes.shape[1] * 8, image_ids=removed, paths=[table.column("path")[r].as_py() for r in rows],
-        codes=codes[[3, 17, 30]], boxes=np.zeros((3, 4), np.int32), labels=[["Mass"]] * 3)
+        codes=codes[[3, 17, 30]], boxes=np.zeros((3, 4), np.int32), labels=[["Mass"]] * 3,
+        hash_values=np.load(index_dir / "hash_values.npy")[rows])  # the archive stores them: add refuses codes without
     write_codes_manifest(back, model_id=pq.read_metadata(back / "part-00000.parquet").metadata[b"medhash.model_id"].decode(),
                          bits=codes.shape[1] * 8)
 

@@ -103,7 +103,8 @@ ROW_FIELDS = ("query", "rank", "image_id", "distance", "labels", "path", "box")
 
 @dataclass
 class SearchResults:
-    """Hits of one or more queries as rows: query (its number), rank, image_id, distance, labels, path, box."""
+    """Hits of one or more queries as rows: query (its number), rank, image_id, distance, labels, path, box,
+    and score (the cosine of the hash values; None after the shortlist) when the search was re-ranked."""
 
     queries: list[str]  # what each query was (a path, or "image 0", "code 0"...)
     hits: list[list[dict]]  # per query, its rows nearest first
@@ -115,7 +116,9 @@ class SearchResults:
         """The rows as a pandas DataFrame (pandas is optional: `pip install pandas`)."""
         import pandas as pd
 
-        return pd.DataFrame(self.rows(), columns=list(ROW_FIELDS))
+        rows = self.rows()
+        scored = any("score" in row for row in rows)
+        return pd.DataFrame(rows, columns=list(ROW_FIELDS) + (["score"] if scored else []))
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -148,16 +151,22 @@ class Index:
     def __len__(self) -> int:
         return len(self.index)
 
-    def search(self, images: Any, k: int = 10, *, with_ties: bool = False, **params) -> SearchResults:
-        """Search by image: paths, arrays, PIL images or tensors, one or many (needs `model`)."""
+    def search(self, images: Any, k: int = 10, *, with_ties: bool = False, rerank: int | None = None,
+               **params) -> SearchResults:
+        """Search by image: paths, arrays, PIL images or tensors, one or many (needs `model`).
+
+        rerank=N re-orders each image's Hamming top N (the filtered top N with `filter=`) by the cosine
+        of the hash values (an index built with --store-hash-values); rows then carry `score`."""
         if self.model is None:
             raise InvalidParameterError("searching by image needs the model: open_index(path, model=...)")
         arrays, single = _images(images)
         names = [str(images)] if single and isinstance(images, _SINGLE_TYPES) else (
             [str(i) if isinstance(i, _SINGLE_TYPES) else f"image {n}" for n, i in enumerate(images)]
             if not single else ["image 0"])
-        codes = self.model.encode_images(arrays).codes
-        return self._results(names, codes, k, with_ties, params)
+        encoded = self.model.encode_images(arrays)
+        if rerank is not None:
+            params = {**params, "rerank": rerank, "query_values": encoded.hash_values}
+        return self._results(names, encoded.codes, k, with_ties, params)
 
     def search_codes(self, codes: Any, k: int = 10, *, with_ties: bool = False, **params) -> SearchResults:
         """Search by code: uint8 [bits/8] or [B, bits/8], bytes, or hex strings (one or a list)."""
@@ -169,9 +178,13 @@ class Index:
         hits = []
         for q, result in enumerate(found):
             records = self.index.records(result.rows)
-            hits.append([{"query": q, "rank": rank, "image_id": rec.image_id, "distance": int(d),
-                          "labels": list(rec.labels), "path": rec.path, "box": rec.box}
-                         for rank, (rec, d) in enumerate(zip(records, result.distances), start=1)])
+            rows = [{"query": q, "rank": rank, "image_id": rec.image_id, "distance": int(d),
+                     "labels": list(rec.labels), "path": rec.path, "box": rec.box}
+                    for rank, (rec, d) in enumerate(zip(records, result.distances), start=1)]
+            if result.scores is not None:
+                for row, score in zip(rows, result.scores):
+                    row["score"] = None if np.isnan(score) else float(score)
+            hits.append(rows)
         return SearchResults(names, hits)
 
     def __repr__(self) -> str:

@@ -78,7 +78,8 @@ def make_served_archive(root: Path, n: int = 48, bits: int = 32, model: ModelCon
     write_code_shard(codes / "part-00000.parquet", model_id=encoder.model_id, bits=bits,
                      image_ids=[r.image_id for r in records], paths=[str(Path(r.path).relative_to(root)) for r in records],
                      codes=encoded.codes, boxes=encoded.boxes, labels=[r.labels for r in records],
-                     columns=ARCHIVE_COLUMNS, values=[archive_metadata(i) for i in range(len(records))])
+                     columns=ARCHIVE_COLUMNS, values=[archive_metadata(i) for i in range(len(records))],
+                     hash_values=encoded.hash_values)
     write_codes_manifest(codes, model_id=encoder.model_id, bits=bits)
     build_index(codes, root / "index", BuildConfig(kind="flat"))
     return ServedArchive(root, root / "index", model_path, data / "labels.csv", [Path(r.path) for r in records])

@@ -37,6 +37,7 @@ class QueryHit:
     path: str
     box: tuple[int, int, int, int] | None
     row: int
+    score: float | None = None  # re-ranked searches: cosine of the hash values (None after the shortlist)
 
 
 @dataclass
@@ -62,14 +63,18 @@ def query_images(index_dir: str | Path, model_path: str | Path | None, image_pat
                  k: int = 10, with_ties: bool = False, overlay_dir: str | Path | None = None, *,
                  device: str = "cpu", mmap: bool = False, nprobe: int | None = None, ef_search: int | None = None,
                  image_root: str | Path | None = None, index: HammingIndex | None = None,
-                 encoder: ImageEncoder | None = None, filter: str | dict | Filter | None = None) -> list[QueryResult]:
+                 encoder: ImageEncoder | None = None, filter: str | dict | Filter | None = None,
+                 rerank: int | None = None) -> list[QueryResult]:
     """One QueryResult per image, in order. An open `index` / loaded `encoder` may be passed to reuse them;
     `image_root` resolves relative hit paths of ids.parquet for overlays; `filter` restricts the hits
-    (medhash.index.filters)."""
+    (medhash.index.filters); `rerank` re-ranks each image's Hamming top-N (among the filtered items
+    under a filter) by its hash values (HammingIndex.search)."""
     index = index or HammingIndex(index_dir, mmap=mmap)
     if encoder is None:
         encoder = load_encoder(model_path, device=device)
     check_model(index, encoder)
+    if rerank is not None:
+        index.check_rerank(rerank)  # before decoding and encoding anything
 
     results = [QueryResult(image=str(p)) for p in image_paths]
     decoded: list[tuple[int, np.ndarray]] = []
@@ -82,15 +87,18 @@ def query_images(index_dir: str | Path, model_path: str | Path | None, image_pat
     if not decoded:
         return results
     encoded = encoder.encode_images([img for _, img in decoded])
-    found = index.search(encoded.codes, k, with_ties=with_ties, nprobe=nprobe, ef_search=ef_search, filter=filter)
+    found = index.search(encoded.codes, k, with_ties=with_ties, nprobe=nprobe, ef_search=ef_search, filter=filter,
+                         rerank=rerank, query_values=encoded.hash_values if rerank is not None else None)
     for j, (i, image) in enumerate(decoded):
         result = results[i]
         result.strategy, result.selected = found.strategy, found.selected
         result.box = tuple(int(v) for v in encoded.boxes[j])
         result.code_hex = encoded.codes[j].tobytes().hex()
         records = index.records(found[j].rows)
-        result.hits = [QueryHit(rank, rec.image_id, int(dist), rec.labels, rec.path, rec.box, rec.row)
-                       for rank, (rec, dist) in enumerate(zip(records, found[j].distances), start=1)]
+        scores = found[j].scores if found[j].scores is not None else np.full(len(records), np.nan)
+        result.hits = [QueryHit(rank, rec.image_id, int(dist), rec.labels, rec.path, rec.box, rec.row,
+                                None if np.isnan(score) else round(float(score), 6))
+                       for rank, (rec, dist, score) in enumerate(zip(records, found[j].distances, scores), start=1)]
         if overlay_dir is not None:
             result.overlays = _write_overlays(Path(overlay_dir), j, result, image, encoded.saliency[j], records,
                                               image_root)

@@ -2,7 +2,9 @@
 
 Both return the SearchResponse JSON as a dict (medhash/serve/schemas.py), so everything the bench
 measures downstream is the same code for both targets. A failed request raises: SearchRequestError
-for a non-200 answer, whatever the transport or the service raised otherwise.
+for a non-200 answer, whatever the transport or the service raised otherwise. A client opened with
+`rerank=N` asks for every image search to re-rank the Hamming top N; a search by code is never
+re-ranked (a code carries no hash values).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class ServerUnreachableError(MedhashError):
 
 class SearchClient(Protocol):
     target: str  # "in_process" or the server's URL
+    rerank: int | None  # image searches re-rank the Hamming top N
 
     async def info(self) -> dict: ...
 
@@ -43,23 +46,26 @@ class InProcessClient:
 
     target = "in_process"
 
-    def __init__(self, service):
+    def __init__(self, service, rerank: int | None = None):
         self.service = service
+        self.rerank = rerank
 
     @classmethod
     def open(cls, index: str, model: str, *, engine: str = "auto", device: str = "cpu", torch_threads: int | None = None,
-             max_k: int = 10_000, max_batch: int = 16) -> "InProcessClient":
+             max_k: int = 10_000, max_batch: int = 16, rerank: int | None = None) -> "InProcessClient":
         from medhash.serve import SearchService, ServeConfig
 
         return cls(SearchService.open(ServeConfig(index=index, model=model, engine=engine, device=device,
-                                                  torch_threads=torch_threads, max_k=max_k, max_batch=max_batch)))
+                                                  torch_threads=torch_threads, max_k=max_k, max_batch=max_batch)),
+                   rerank)
 
     async def info(self) -> dict:
         return self.service.info().model_dump()
 
     async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
                            filter: str | None = None) -> dict:
-        return (await self.service.search_image(data, name, k, with_ties, filter=filter)).model_dump()
+        return (await self.service.search_image(data, name, k, with_ties, filter=filter,
+                                                rerank=self.rerank)).model_dump()
 
     async def search_code(self, code_hex: str, k: int | None = None, filter: str | None = None) -> dict:
         return (await self.service.search_code(code_hex, k, filter=filter)).model_dump()
@@ -71,10 +77,12 @@ class InProcessClient:
 class HttpClient:
     """POST /v1/search over one pooled httpx.AsyncClient (keep-alive, `connections` at once)."""
 
-    def __init__(self, url: str, token: str | None = None, *, connections: int = 16, timeout_s: float = 120.0):
+    def __init__(self, url: str, token: str | None = None, *, connections: int = 16, timeout_s: float = 120.0,
+                 rerank: int | None = None):
         import httpx
 
         self.target = url.rstrip("/")
+        self.rerank = rerank
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=self.target, headers=headers, timeout=timeout_s,
                                        limits=httpx.Limits(max_connections=connections,
@@ -92,6 +100,8 @@ class HttpClient:
     async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
                            filter: str | None = None) -> dict:
         form = _form(k, with_ties, filter)
+        if self.rerank is not None:
+            form["rerank"] = str(self.rerank)
         files = {"image": (name, data, "application/octet-stream")}
         return _json_or_raise(await self._http.post("/v1/search", files=files, data=form))
 

@@ -11,6 +11,11 @@ Self-exclusion (on by default): a query set drawn from the archive would find ea
 distance 0 and inflate every figure, so the hit whose image_id equals the query's is dropped
 before ranking (evaluate_codes' `query_db_index`). Queries not in the index are unaffected.
 
+Re-ranked searches (`--rerank N`): the hits' order is no longer by distance, so the metrics rank by
+medhash.eval.reranked_distances (the shortlist by its cosine scores, ties only where scores and
+distances tie, then the rest by distance); the precision-recall curve by radius is a set per radius
+and does not change.
+
 Graded figures (nDCG@k, ACG@k, wmap; medhash.eval.metrics' graded block) count the labels a hit
 shares with the query, from the hits' labels.
 
@@ -33,6 +38,7 @@ import numpy as np
 from medhash.bench.load import run_load
 from medhash.bench.queries import QuerySet
 from medhash.data.labels import CLASSES, LabelRecord
+from medhash.eval import reranked_distances
 from medhash.eval.metrics import GradedMetrics, QueryMetrics, RetrievalReport, graded_metrics, query_metrics, with_graded
 
 
@@ -47,6 +53,12 @@ class Ranking:
     shared: np.ndarray | None = None  # int64 [n] labels shared with the query (None: graded figures left out)
     jaccard: np.ndarray | None = None  # float64 [n] Jaccard similarity of the label sets
     ties_cut: bool = False  # the server cut the ties at the last distance (its max_k)
+    rank_distances: np.ndarray | None = None  # re-ranked hits: what orders them (None: the Hamming distances)
+
+    @property
+    def order(self) -> np.ndarray:
+        """What the metrics rank by: smaller first, ties where equal."""
+        return self.distances if self.rank_distances is None else self.rank_distances
 
 
 @dataclass(frozen=True)
@@ -70,10 +82,15 @@ def ranking_from_response(response: dict, query: LabelRecord, exclude_self: bool
     hit_labels = [set(h["labels"]) & set(CLASSES) for h in kept]
     shared = np.array([len(wanted & labels) for labels in hit_labels], dtype=np.int64)
     union = np.array([len(wanted | labels) for labels in hit_labels], dtype=np.float64)
-    return Ranking(distances=np.array([h["distance"] for h in kept], dtype=np.int64),
+    distances = np.array([h["distance"] for h in kept], dtype=np.int64)
+    scores = np.array([np.nan if h.get("score") is None else h["score"] for h in kept], dtype=np.float64)
+    reranked = bool(np.isfinite(scores).any())
+    return Ranking(distances=distances,
                    relevant=shared > 0, labeled=bool(wanted), self_excluded=len(kept) < len(hits), shared=shared,
                    jaccard=np.divide(shared, union, out=np.zeros(len(kept)), where=union > 0),
-                   ties_cut=bool(response.get("truncated", False)))
+                   ties_cut=bool(response.get("truncated", False)),
+                   rank_distances=reranked_distances(distances, np.nan_to_num(scores), np.isfinite(scores))
+                   if reranked else None)
 
 
 def _zero_unanswered(values: np.ndarray, labeled: np.ndarray) -> np.ndarray:
@@ -86,14 +103,14 @@ def retrieval_report(rankings: list[Ranking], ks: tuple[int, ...], plan: Quality
     ks = tuple(sorted(set(ks))) if plan.complete else tuple(sorted({k for k in ks if k <= plan.k_eval} | {plan.k_eval}))
     if not rankings:
         return {"n_queries": 0, "ks": list(ks)}
-    metrics = QueryMetrics.concatenate([query_metrics(r.distances, r.relevant, ks, normalization) for r in rankings])
+    metrics = QueryMetrics.concatenate([query_metrics(r.order, r.relevant, ks, normalization) for r in rankings])
     if not plan.complete:
         labeled = np.array([r.labeled for r in rankings])
         metrics = replace(metrics, **{name: {k: _zero_unanswered(v, labeled) for k, v in getattr(metrics, name).items()}
                                       for name in ("ap_at_k", "ap_at_k_stable", "p_at_k", "p_at_k_stable")})
     report = RetrievalReport.from_query_metrics(metrics, n_db, normalization, keep_per_query=False)
     if all(r.shared is not None for r in rankings):
-        graded = GradedMetrics.concatenate([graded_metrics(r.distances[None], r.shared[None], r.jaccard[None], ks)
+        graded = GradedMetrics.concatenate([graded_metrics(r.order[None], r.shared[None], r.jaccard[None], ks)
                                             for r in rankings])
         if not plan.complete:
             graded = replace(graded, acg_at_k={k: _zero_unanswered(v, labeled) for k, v in graded.acg_at_k.items()})
@@ -174,6 +191,7 @@ async def measure_quality(client, queries: QuerySet, info: dict, *, ks: tuple[in
         "self_excluded": sum(r.self_excluded for r in ordered),
         "ties_cut": sum(r.ties_cut for r in ordered),
         "relevance": "shares at least one of the 15 classes",
+        "rerank": getattr(client, "rerank", None),
         "failed": load.failed,
         "errors": load.errors,
         "elapsed_s": round(load.elapsed_s, 3),

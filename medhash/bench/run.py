@@ -52,6 +52,7 @@ class BenchConfig:
     max_k: int = 10_000
     time_limit_s: float | None = 600.0  # per pass: no request starts after it (the JSON says so)
     request_timeout_s: float = 120.0  # HTTP only
+    rerank: int | None = None  # image searches re-rank the Hamming top N by the hash values (quality and end to end)
     filter: str | None = None  # latency requests carry this filter (medhash.index.filters); quality stays unfiltered
 
     def __post_init__(self):
@@ -78,9 +79,9 @@ class BenchConfig:
 def open_client(config: BenchConfig) -> SearchClient:
     if config.url is not None:
         return HttpClient(config.url, config.token, connections=max(max(config.concurrency), config.quality_concurrency),
-                          timeout_s=config.request_timeout_s)
+                          timeout_s=config.request_timeout_s, rerank=config.rerank)
     return InProcessClient.open(config.index, config.model, engine=config.engine, device=config.device,
-                                torch_threads=config.torch_threads, max_k=config.max_k)
+                                torch_threads=config.torch_threads, max_k=config.max_k, rerank=config.rerank)
 
 
 def image_search(client: SearchClient, queries: QuerySet, k: int | None, filter: str | None = None,
@@ -133,6 +134,9 @@ async def _bench(config: BenchConfig, queries: QuerySet) -> dict:
     client = open_client(config)
     try:
         info = await client.info()
+        if config.rerank is not None and not info.get("hash_values"):
+            raise InvalidParameterError(f"--rerank: the index of {client.target} stores no hash values; encode with "
+                                        "--store-hash-values and build the index again")
         quality = await measure_quality(client, queries, info, ks=config.ks, exclude_self=config.exclude_self,
                                         concurrency=config.quality_concurrency, time_limit_s=config.time_limit_s)
         seen = FilterStats(config.filter) if config.filter else None

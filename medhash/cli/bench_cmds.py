@@ -49,13 +49,16 @@ def _positive_ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--torch-threads", type=click.IntRange(min=1), default=None, help="In process: torch threads.")
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds per pass after which no new request starts.")
+@click.option("--rerank", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Image searches re-rank the Hamming top N by cosine of the hash values (quality and end to end; "
+                   "search by code stays Hamming).")
 @click.option("--filter", "filter_text", default=None,
               help="Latency requests carry this filter (README: Filtered search); bench.json reports the strategies "
                    "the server used. Filtered recall at archive scale: python -m benchmarks.filtered_search.")
 @json_option()
 def bench_cmd(index_dir, model_path, url, token, queries_csv, image_root, out_dir, concurrency, n_requests, k, cutoffs,
               include_self, max_queries, no_search_only, no_plots, engine, device, torch_threads, time_limit_s,
-              filter_text, as_json) -> None:
+              rerank, filter_text, as_json) -> None:
     """Measure a server: mAP/mAP@k/P@k (tie-aware), latency p50/p95/p99 and throughput per concurrency.
 
     Against an index and model in this process (--index --model) or a running server (--url [--token]).
@@ -71,7 +74,8 @@ def bench_cmd(index_dir, model_path, url, token, queries_csv, image_root, out_di
                              image_root=str(image_root) if image_root else None, concurrency=concurrency,
                              requests=n_requests, k=k, ks=cutoffs, exclude_self=not include_self, max_queries=max_queries,
                              search_only=not no_search_only, plots=not no_plots, engine=engine, device=device,
-                             torch_threads=torch_threads, time_limit_s=time_limit_s, filter=filter_text)
+                             torch_threads=torch_threads, time_limit_s=time_limit_s, rerank=rerank,
+                             filter=filter_text)
         if filter_text:
             from medhash.index.filters import parse_filter
 

@@ -49,6 +49,8 @@ def _columns(text: str | None) -> tuple[str, ...] | None:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--decode-threads", default=2, show_default=True, type=click.IntRange(min=1), help="Decoding threads per task.")
 @click.option("--store-features", is_flag=True, help="Also store the fused float features (float16).")
+@click.option("--store-hash-values", is_flag=True,
+              help="Also store the hash layer's continuous values (float16), which `--rerank` needs.")
 @click.option("--overwrite", is_flag=True, help="Delete this folder's earlier outputs and start afresh.")
 @click.option("--bytes-column", help="Parquet inputs: the column with image bytes [default: detected].")
 @click.option("--id-column", help="Parquet inputs: the column with image ids [default: image_id/id/key if present].")
@@ -56,7 +58,7 @@ def _columns(text: str | None) -> tuple[str, ...] | None:
 @json_option()
 def encode_cmd(inputs, model, out, labels, image_root, columns, no_dicom_meta, patient_key_secret_file, id_from,
                follow_symlinks, strict, shard_size, workers, threads_per_worker, torch_threads, scheduler, device, engine,
-               batch_size, decode_threads, store_features, overwrite, bytes_column, id_column, progress, as_json):
+               batch_size, decode_threads, store_features, store_hash_values, overwrite, bytes_column, id_column, progress, as_json):
     """Encode INPUT... (folders, globs, path lists, .tar shards, .parquet tables) into sharded Parquet codes; resumable.
 
     Exits 3 when some inputs failed (the rest is encoded; see the folder's _errors/)."""
@@ -67,7 +69,7 @@ def encode_cmd(inputs, model, out, labels, image_root, columns, no_dicom_meta, p
                              shard_size=shard_size, workers=workers, threads_per_worker=threads_per_worker,
                              torch_threads=torch_threads, scheduler=scheduler, device=device, engine=engine,
                              batch_size=batch_size, decode_threads=decode_threads, store_features=store_features,
-                             overwrite=overwrite, bytes_column=bytes_column, id_column=id_column, id_from=id_from,
+                             store_hash_values=store_hash_values, overwrite=overwrite, bytes_column=bytes_column, id_column=id_column, id_from=id_from,
                              follow_symlinks=follow_symlinks, columns=_columns(columns), dicom_meta=not no_dicom_meta,
                              patient_secret=patient_secret(patient_key_secret_file), strict_labels=strict,
                              progress=progress)

@@ -36,9 +36,11 @@ def _table(results) -> str:
             continue
         if result.strategy:
             lines.append(f"   filter: {result.selected} item(s) pass, answered by {result.strategy}")
-        lines.append(f"   {'rank':>4}  {'distance':>8}  {'image id':<28} labels")
+        scored = any(hit.score is not None for hit in result.hits)
+        lines.append(f"   {'rank':>4}  {'distance':>8}  " + (f"{'cosine':>7}  " if scored else "") + f"{'image id':<28} labels")
         for hit in result.hits:
-            lines.append(f"   {hit.rank:>4}  {hit.distance:>8}  {hit.image_id:<28} {'|'.join(hit.labels) or '-'}")
+            cosine = (f"{hit.score:>7.4f}  " if hit.score is not None else f"{'-':>7}  ") if scored else ""
+            lines.append(f"   {hit.rank:>4}  {hit.distance:>8}  {cosine}{hit.image_id:<28} {'|'.join(hit.labels) or '-'}")
         if result.overlays:
             lines.append(f"   overlays: {len(result.overlays)} PNG(s) in {Path(result.overlays[0]).parent}")
     return "\n".join(lines)
@@ -61,19 +63,23 @@ def _table(results) -> str:
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the model.")
 @click.option("--nprobe", type=click.IntRange(1, 65_536), default=None, help="IVF lists to visit (default: the index's).")
 @click.option("--ef-search", type=click.IntRange(1, 65_536), default=None, help="HNSW candidate list (default: the index's).")
+@click.option("--rerank", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Re-rank the Hamming top N (ties included; the filtered top N under --filter) by cosine of the hash "
+                   "values; needs an index of codes encoded with --store-hash-values.")
 @click.option("--filter", "filter_text", default=None, help=FILTER_HELP)
 @click.option("--patient-key-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Site secret for not_patient_id (else MEDHASH_PATIENT_KEY_SECRET).")
 def query_cmd(index_dir, model_path, images, k, with_ties, as_json, overlay_dir, image_root, mmap, device, nprobe,
-              ef_search, filter_text, patient_key_secret_file) -> None:
+              ef_search, rerank, filter_text, patient_key_secret_file) -> None:
     """Find the archived cases closest to each IMAGE (Hamming distance of hash codes)."""
     log.info("query: %d image(s) against %s, k %d", len(images), index_dir, k)
     from medhash.app.query import query_images
 
     flt = parse_filter_option(patient_key_secret_file, filter_text)
     results = query_images(index_dir, model_path, list(images), k, with_ties, overlay_dir, device=device, mmap=mmap,
-                           nprobe=nprobe, ef_search=ef_search, image_root=image_root, filter=flt)
-    emit(as_json, {"index": str(index_dir), "k": k, "with_ties": with_ties, "results": [asdict(r) for r in results]},
+                           nprobe=nprobe, ef_search=ef_search, image_root=image_root, filter=flt, rerank=rerank)
+    emit(as_json, {"index": str(index_dir), "k": k, "with_ties": with_ties, "rerank": rerank,
+                   "results": [asdict(r) for r in results]},
          _table(results))
     failed = [r for r in results if r.error]
     if failed:

@@ -28,6 +28,7 @@ from medhash.eval.metrics import (
     relevance,
     with_graded,
 )
+from medhash.eval.rerank import reranked_distances, shortlist_mask
 
 __all__ = [
     "BestIoUResult",
@@ -53,5 +54,7 @@ __all__ = [
     "precision_recall_at_k_tie_aware",
     "query_metrics",
     "relevance",
+    "reranked_distances",
+    "shortlist_mask",
     "with_graded",
 ]

@@ -23,7 +23,7 @@ Codes are read through medhash.codes_format. faiss is imported inside functions 
 this package stays cheap; nothing here imports torch or the model.
 """
 
-from medhash.index._search import DEFAULT_POLICY, SearchParams, ThreadPolicy, gpu_support
+from medhash.index._search import DEFAULT_POLICY, SearchParams, ThreadPolicy, cosine_similarity, gpu_support
 from medhash.index._store import IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdRecord, IndexManifest, index_info, load_manifest
 from medhash.index.autotune import DEFAULT_TARGET_RECALL, TuneConfig
 from medhash.index.build import BuildConfig, build_index
@@ -53,6 +53,7 @@ __all__ = [
     "UpdateReport",
     "add_codes",
     "build_index",
+    "cosine_similarity",
     "get_kind",
     "gpu_support",
     "index_info",

@@ -5,10 +5,13 @@ duplicates before the expensive part, and draws the training sample for kinds th
 Pass 2 reads code + id-map columns (with the metadata columns: label-table columns, DICOM
 attributes, patient_key) one batch at a time, adds the codes to FAISS and appends the id-map rows
 to ids.parquet with a ParquetWriter. Nothing ever holds all rows of all columns.
+When every shard carries hash values (`encode --store-hash-values`), pass 2 also appends them to
+hash_values.npy, row for row with ids.parquet, for re-ranking.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +22,9 @@ from medhash.codes_format import BATCH_ROWS, CodeShard, iter_batches, open_shard
 from medhash.errors import DuplicateImageIdError, IndexManifestError
 from medhash.index._search import omp_threads
 from medhash.index.autotune import ExactTruth, TuneConfig, tune
-from medhash.index._store import (IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdHashes, IndexManifest, confirm_duplicates,
-                                  id_rows, id_schema, lean_arrow_memory, open_id_writer, write_faiss, write_manifest)
+from medhash.index._store import (HASH_VALUES_FILE, IDS_FILE, INDEX_FILE, MANIFEST_FILE, IdHashes, IndexManifest,
+                                  confirm_duplicates, id_rows, id_schema, lean_arrow_memory, open_id_writer,
+                                  open_values_writer, write_faiss, write_manifest)
 from medhash.index.kinds import get_kind
 from medhash.timing import Timings
 
@@ -128,18 +132,28 @@ def _build(codes_dir: Path, out_dir: Path, config: BuildConfig) -> IndexManifest
     with timings("train"):
         index = kind.create(bits, params, scan.train_codes, gpu=config.gpu)
     del scan.train_codes
+    with_values = all(s.has_hash_values for s in shards)
+    if not with_values:
+        (out_dir / HASH_VALUES_FILE).unlink(missing_ok=True)  # an earlier build's, before --overwrite
+        if any(s.has_hash_values for s in shards):
+            log.warning("%s: only some shards hold hash values; the index stores none (no re-ranking)", codes_dir)
     # The metadata columns of the codes folder travel into ids.parquet, where filters read them.
     schema = id_schema(shards[0].metadata)
     truth = ExactTruth(scan.query_codes, scan.query_labels, config.tune.k)
-    with timings("add"), open_id_writer(out_dir / IDS_FILE, schema) as ids:
+    with contextlib.ExitStack() as files:
+        files.enter_context(timings("add"))
+        ids = files.enter_context(open_id_writer(out_dir / IDS_FILE, schema))
+        values = files.enter_context(open_values_writer(out_dir / HASH_VALUES_FILE, bits)) if with_values else None
         add = kind.bulk_adder(index, scan.rows)
         for shard in shards:
-            for batch in iter_batches(shard, with_ids=True, batch_rows=config.batch_rows):
+            for batch in iter_batches(shard, with_ids=True, batch_rows=config.batch_rows, with_hash_values=with_values):
                 labels = np.arange(ids.rows, ids.rows + len(batch.codes), dtype=np.int64)
                 add(batch.codes, labels)
                 if tuning:
                     truth.update(batch.codes)
                 ids.write(id_rows(batch.columns, schema), labels)
+                if values is not None:
+                    values.write(batch.hash_values)
     if index.ntotal != ids.rows:
         raise RuntimeError(f"index holds {index.ntotal} codes but ids.parquet {ids.rows} rows")
     record = {}
@@ -153,7 +167,8 @@ def _build(codes_dir: Path, out_dir: Path, config: BuildConfig) -> IndexManifest
             record["memory_bytes"] = {"index_file": (out_dir / INDEX_FILE).stat().st_size}
         manifest = write_manifest(out_dir, IndexManifest(
             model_id=model_id, bits=bits, kind=kind.name, params=params, count=ids.rows,
-            next_label=ids.rows, skipped_rows=scan.skipped, build_seconds=timings.as_dict(), tuning=record))
+            next_label=ids.rows, skipped_rows=scan.skipped, build_seconds=timings.as_dict(), tuning=record,
+            hash_values=with_values))
     log.info("built %s index of %d codes in %s", kind.name, ids.rows, out_dir)
     log.debug("index build timings: %s", timings.as_dict())
     return manifest

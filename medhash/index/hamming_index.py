@@ -4,6 +4,11 @@ ids.parquet is opened once and read through that handle: an `index add/remove` t
 file while this object still answers (a server before its reload) leaves it reading the version it
 opened. Filters (medhash.index.filters) are evaluated by a MetadataSelector into cached row
 selections; image ids are found through a hash index (IdLookup), built on first use.
+
+A search, filtered or not, may re-rank its Hamming top-N by the cosine of the continuous hash values
+(`search(..., rerank=N, query_values=...)`, medhash.index._search.rerank) when the folder stores
+them (hash_values.npy, memory-mapped: a search reads only its shortlists' rows). A filtered search
+re-ranks the filtered top-N.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import pyarrow.parquet as pq
 
 from medhash.errors import IndexManifestError, InvalidParameterError
 from medhash.index._search import (DEFAULT_POLICY, FilteredSearch, GpuFlatSearch, LabelFilter, Searcher, SearchParams,
-                                   ThreadPolicy)
-from medhash.index._store import (IDS_FILE, INDEX_FILE, IdLookup, IdRecord, IndexManifest, load_manifest, read_faiss,
-                                  records_at)
+                                   ThreadPolicy, rerank_neighbors)
+from medhash.index._store import (HASH_VALUES_FILE, IDS_FILE, INDEX_FILE, IdLookup, IdRecord, IndexManifest,
+                                  load_manifest, open_values, read_faiss, records_at)
 from medhash.index.filters import Filter, parse_filter
 from medhash.index.autotune import warn_if_below_tuned
 from medhash.index.kinds import get_kind
@@ -40,12 +45,13 @@ class Hits:
     (~35 us per 100 ids at 1M rows, a third of a single IVF query).
     """
 
-    __slots__ = ("distances", "rows", "_resolve", "_image_ids")
+    __slots__ = ("distances", "rows", "scores", "_resolve", "_image_ids")
 
     def __init__(self, image_ids: list[str] | None, distances: np.ndarray, rows: np.ndarray,
-                 resolve: Callable[[np.ndarray], list[str]] | None = None):
+                 resolve: Callable[[np.ndarray], list[str]] | None = None, scores: np.ndarray | None = None):
         self.distances = distances  # int32 Hamming distances
         self.rows = rows  # int64 rows of ids.parquet
+        self.scores = scores  # re-ranked searches: float64 cosine of the hash values, NaN after the shortlist
         self._image_ids, self._resolve = image_ids, resolve
 
     @property
@@ -141,6 +147,10 @@ class HammingIndex:
         if len(self._image_ids) != manifest.count:
             raise IndexManifestError(ids_path, f"{len(self._image_ids)} rows, manifest says {manifest.count}")
         self._table: pa.Table | None = None
+        self._values = open_values(self.index_dir / HASH_VALUES_FILE) if manifest.hash_values else None
+        if self._values is not None and self._values.shape != (manifest.count, manifest.bits):
+            raise IndexManifestError(self.index_dir, f"{HASH_VALUES_FILE} holds {self._values.shape}, "
+                                     f"manifest says [{manifest.count}, {manifest.bits}]")
         self._lookup: IdLookup | None = None
         self._selector = MetadataSelector(self._ids_file, manifest.count, self.row_of)
         self.manifest: IndexManifest = manifest
@@ -159,6 +169,11 @@ class HammingIndex:
         return self.manifest.kind
 
     @property
+    def has_hash_values(self) -> bool:
+        """Whether the folder stores hash values, which `search(..., rerank=N)` needs."""
+        return self._values is not None
+
+    @property
     def generation(self) -> int:
         return self.manifest.generation
 
@@ -175,13 +190,19 @@ class HammingIndex:
 
     # -- search -----------------------------------------------------------------------------------
     def search(self, codes: np.ndarray, k: int = 10, *, with_ties: bool = False, nprobe: int | None = None,
-               ef_search: int | None = None, filter: str | dict | Filter | None = None) -> SearchResult:
+               ef_search: int | None = None, filter: str | dict | Filter | None = None, rerank: int | None = None,
+               query_values: np.ndarray | None = None) -> SearchResult:
         """Top-k by Hamming distance for each code (uint8 [B, bits/8] or one code [bits/8]).
 
         with_ties returns every item at the k-th distance too. nprobe (ivf) and ef_search (hnsw)
         override the index's defaults (autotuned at build) for this call; less than the tuned value warns.
         filter (medhash.index.filters: compact text, JSON text, dict or Filter) restricts the answer to
         the items it lets through; FilterError when it is malformed or names a column the index lacks.
+        rerank=N re-orders each query's Hamming top-N (the filtered top-N under a filter; ties at the
+        N-th distance included) by the cosine between `query_values` (the queries' hash values, float
+        [B, bits]: EncodeResult.hash_values) and the stored ones, the rest following in Hamming order;
+        hits then carry `scores` (medhash.index._search.rerank). It needs an index built from codes
+        encoded with --store-hash-values.
         """
         flt = parse_filter(filter)
         codes = np.asarray(codes, dtype=np.uint8)
@@ -192,17 +213,50 @@ class HammingIndex:
                                      f"{self.bits}-bit codes (expected [B, {self.bits // 8}] uint8)")
         if k < 1:
             raise InvalidParameterError(f"k must be >= 1, got {k}")
+        if rerank is not None:
+            self.check_rerank(rerank)
+            query_values = self._query_values(query_values, len(codes))
         params = SearchParams(nprobe=nprobe, ef_search=ef_search)
+        # Re-ranking fetches max(k, N) with ties: every item up to the N-th distance, the whole shortlist.
+        fetch_k, fetch_ties = (k, with_ties) if rerank is None else (max(k, rerank), True)
         if not flt.empty():
             selection = self.select(flt)
-            found, strategy = self._filtered.search(codes, k, with_ties, params, self._label_filter(selection))
-            return SearchResult([Hits(None, d, self._rows_of(labels), self._ids_at) for d, labels in found],
-                                strategy, selection.count)
+            found, strategy = self._filtered.search(codes, fetch_k, fetch_ties, params, self._label_filter(selection))
+            return SearchResult(self._hits(found, k, with_ties, rerank, query_values), strategy, selection.count)
         if len(codes) == 0 or len(self) == 0:
             return SearchResult([Hits([], np.empty(0, np.int32), np.empty(0, np.int64)) for _ in codes])
         warn_if_below_tuned(self.manifest.tuning, params)
-        found = self._searcher.search(codes, k, with_ties, params)
-        return SearchResult([Hits(None, d, self._rows_of(labels), self._ids_at) for d, labels in found])
+        found = self._searcher.search(codes, fetch_k, fetch_ties, params)
+        return SearchResult(self._hits(found, k, with_ties, rerank, query_values))
+
+    def _hits(self, found: list, k: int, with_ties: bool, rerank: int | None,
+              query_values: np.ndarray | None) -> list[Hits]:
+        if rerank is None:
+            return [Hits(None, d, self._rows_of(labels), self._ids_at) for d, labels in found]
+        hits = []
+        for (distances, labels), values in zip(found, query_values):
+            d, rows, scores = rerank_neighbors(distances, self._rows_of(labels), self._values, values, rerank, k,
+                                               with_ties)
+            hits.append(Hits(None, d, rows, self._ids_at, scores=scores))
+        return hits
+
+    def check_rerank(self, rerank: int) -> None:
+        """Raise InvalidParameterError (one line) unless `search(..., rerank=rerank)` can run on this index."""
+        if self._values is None:
+            raise InvalidParameterError(f"index {self.index_dir} stores no hash values, so it cannot re-rank: encode "
+                                        "with --store-hash-values and build the index again")
+        if rerank < 1:
+            raise InvalidParameterError(f"rerank must be >= 1, got {rerank}")
+
+    def _query_values(self, query_values: np.ndarray | None, n_queries: int) -> np.ndarray:
+        if query_values is None:
+            raise InvalidParameterError("rerank needs the queries' hash values (query_values; a code alone has none)")
+        query_values = np.asarray(query_values, dtype=np.float32)
+        if query_values.ndim == 1:
+            query_values = query_values[None, :]
+        if query_values.shape != (n_queries, self.bits):
+            raise InvalidParameterError(f"query_values of shape {query_values.shape}, expected [{n_queries}, {self.bits}]")
+        return query_values
 
     def select(self, filter: str | dict | Filter) -> Selection:
         """The rows a filter lets through (cached per filter for this index version)."""

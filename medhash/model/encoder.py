@@ -93,12 +93,14 @@ class HashEncoder:
                 saliency=out.saliency.float().cpu().numpy(),
                 logits=out.hash_logits.float().cpu().numpy(),
                 features=out.fused.float().cpu().numpy() if with_features else None,
+                hash_values=out.hash.float().cpu().numpy(),
             ))
         if not parts:
             s = self.config.global_size
             return EncodeResult(np.zeros((0, self.bits // 8), np.uint8), np.zeros((0, 4), np.int32),
                                 np.zeros((0, s, s), np.float32), np.zeros((0, len(self.classes)), np.float32),
-                                np.zeros((0, self.config.fusion_dim), np.float32) if with_features else None)
+                                np.zeros((0, self.config.fusion_dim), np.float32) if with_features else None,
+                                np.zeros((0, self.bits), np.float32))
         return EncodeResult.concat(parts)
 
     def _forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> ModelOutput:

@@ -56,6 +56,7 @@ class ShardRows:
     boxes: list[np.ndarray] = field(default_factory=list)  # int32 [b, 4] per batch
     labels: list[tuple[str, ...] | None] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)  # float32 [b, D] per batch
+    hash_values: list[np.ndarray] = field(default_factory=list)  # float32 [b, bits] per batch
     values: list[dict] = field(default_factory=list)  # metadata column -> value, per encoded image
     errors: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # path, image_id, status, kind, message
 
@@ -73,7 +74,8 @@ def write_shard(files: ShardPaths, rows: ShardRows, spec: OutputSpec, stats: Sha
     write_code_shard(files.codes, model_id=spec.model_id, bits=spec.bits, engine=spec.engine,
                      image_ids=rows.image_ids, paths=rows.paths, codes=_stack(rows.codes, spec.bits // 8, np.uint8),
                      boxes=_stack(rows.boxes, 4, np.int32), labels=rows.labels if spec.with_labels else None,
-                     features=features, columns=spec.metadata_columns, values=rows.values)
+                     features=features, columns=spec.metadata_columns, values=rows.values,
+                     hash_values=_stack(rows.hash_values, spec.bits, np.float16) if spec.store_hash_values else None)
     stats.sha256, stats.errors_sha256 = sha256_file(files.codes), sha256_file(files.errors)
     write_text_atomic(files.stats, json.dumps(stats.to_json(), indent=1, sort_keys=True))
 

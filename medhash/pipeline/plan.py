@@ -52,6 +52,7 @@ class OutputSpec:
     table_columns: tuple[str, ...] = ()  # label-table columns carried (medhash.codes_format.MetadataColumns)
     dicom_meta: bool = True  # the non-identifying DICOM attributes
     patient_key: bool = False  # a keyed hash of the patient id
+    store_hash_values: bool = False  # the hash layer's tanh outputs (medhash.codes_format.HASH_VALUES_COLUMN)
 
     @property
     def metadata_columns(self) -> MetadataColumns:

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medhash.codes_format import (CODE_COLUMNS, DICOM_COLUMNS, ERRORS_DIR, INPUTS_ERRORS_FILE, MANIFEST_FILE,
-                                  PATIENT_KEY_COLUMN, PLAN_FILE, STATS_DIR, CodesManifest, ShardPaths, shard_model_id,
-                                  write_errors_shard, write_manifest)
+from medhash.codes_format import (CODE_COLUMNS, DICOM_COLUMNS, ERRORS_DIR, HASH_VALUES_COLUMN, INPUTS_ERRORS_FILE,
+                                  MANIFEST_FILE, PATIENT_KEY_COLUMN, PLAN_FILE, STATS_DIR, CodesManifest, ShardPaths,
+                                  shard_model_id, write_errors_shard, write_manifest)
 from medhash.data.keyed import keyed_hash
 from medhash.data.labels import read_label_table, report_label_problems
 from medhash.errors import PipelineError, one_line
@@ -72,6 +72,7 @@ class EncodeJobConfig:
     batch_size: int = 32
     decode_threads: int = 2  # per task
     store_features: bool = False
+    store_hash_values: bool = False  # the hash layer's tanh outputs, for re-ranking (codes_format.HASH_VALUES_COLUMN)
     overwrite: bool = False
     bytes_column: str | None = None  # Parquet inputs: column with the image bytes
     id_column: str | None = None  # Parquet inputs: column with the image ids
@@ -179,7 +180,7 @@ def _table_columns(config: EncodeJobConfig, table) -> TableColumns:
         raise PipelineError("patient_id is an identifier: it is stored only as patient_key, a keyed hash; "
                             "give --patient-key-secret-file (or MEDHASH_PATIENT_KEY_SECRET)")
     names = tuple(c for c in asked if c != "patient_id")
-    reserved = set(CODE_COLUMNS) | set(DICOM_COLUMNS) | {PATIENT_KEY_COLUMN, "labels", "features"}
+    reserved = set(CODE_COLUMNS) | set(DICOM_COLUMNS) | {PATIENT_KEY_COLUMN, "labels", "features", HASH_VALUES_COLUMN}
     clashing = [c for c in names if c in reserved]
     if clashing:
         raise PipelineError(f"table column(s) {clashing} would clash with the codes columns of the same name")
@@ -188,7 +189,7 @@ def _table_columns(config: EncodeJobConfig, table) -> TableColumns:
 
 def _output_spec(config: EncodeJobConfig, model_id: str, bits: int, engine: str, columns: TableColumns) -> OutputSpec:
     return OutputSpec(model_id, bits, engine, config.labels is not None, config.store_features, columns.names,
-                      config.dicom_meta, config.patient_secret is not None)
+                      config.dicom_meta, config.patient_secret is not None, config.store_hash_values)
 
 
 def _remove(out_dir: Path, patterns: tuple[str, ...]) -> None:
@@ -317,7 +318,7 @@ def _write_manifest(out_dir: Path, plan: JobPlan, stats: dict[str, ShardStats], 
     return write_manifest(out_dir, CodesManifest(
         model_id=output.model_id, bits=output.bits, engine=output.engine, with_labels=output.with_labels,
         store_features=output.store_features, shards=shards, counts=counts, request=plan.request, timing=timing,
-        metadata_columns=output.metadata_columns))
+        metadata_columns=output.metadata_columns, store_hash_values=output.store_hash_values))
 
 
 # ------------------------------------------------------------------------------------------ entry

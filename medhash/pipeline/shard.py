@@ -180,6 +180,8 @@ def _encode_batch(encoder, batch: list[tuple[InputItem, Decoded]], rows: ShardRo
     rows.boxes.append(result.boxes)
     if with_features:
         rows.features.append(result.features)
+    if result.hash_values is not None:
+        rows.hash_values.append(result.hash_values)  # written only when the job stores them
 
 
 def _encode_in_batches(encoder, decoded, rows: ShardRows, with_features: bool, timings: Timings) -> None:

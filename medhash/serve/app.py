@@ -39,6 +39,9 @@ FILTER_DESCRIPTION = (
     "that patient's images are left out), not_patient_key, not_patient_id (hashed with the server's secret; "
     "never stored or logged), and COLUMN=V1,V2 or COLUMN=LO..HI on any stored column (GET /v1/info lists them).")
 ERRORS = {401: {"description": "Missing or wrong bearer token"}}
+# The largest re-ranked shortlist one request may ask for: its cosines cost ~N x bits flops plus N
+# rows read from hash_values.npy, which stays well under a millisecond per thousand.
+MAX_RERANK = 100_000
 
 
 def _page() -> str:
@@ -130,8 +133,9 @@ def create_app(service: SearchService) -> FastAPI:
     @app.post("/v1/search", response_model=SearchResponse, dependencies=authorized, tags=["search"],
               responses={**ERRORS, 400: {"description": "The image could not be decoded"},
                          413: {"description": "Upload, or its declared decoded size, larger than the server's limit"},
-                         422: {"description": "Neither image nor code, both, a bad code, a bad k or a bad filter "
-                                              "(the message names the bad clause)"},
+                         422: {"description": "Neither image nor code, both, a bad code, a bad k, a bad filter "
+                                               "(the message names the bad clause), or rerank with a code or on an "
+                                               "index without hash values"},
                          503: {"description": "The decode budget stayed full; retry after Retry-After seconds"}})
     async def search(
         image: Annotated[UploadFile | None, File(description="A radiograph: PNG, JPEG or DICOM")] = None,
@@ -141,6 +145,9 @@ def create_app(service: SearchService) -> FastAPI:
         overlay: Annotated[bool, Form(description="Return the query's saliency overlay as a data: URL")] = False,
         nprobe: Annotated[int | None, Form(ge=1, le=65_536, description="IVF index: inverted lists to visit")] = None,
         ef_search: Annotated[int | None, Form(ge=1, le=MAX_EF, description="HNSW index: candidate list size")] = None,
+        rerank: Annotated[int | None, Form(ge=1, le=MAX_RERANK, description=(
+            "Re-rank the Hamming top N (ties included; the filtered top N with a filter) by cosine of the hash "
+            "values; image queries on an index that stores them (encode --store-hash-values)"))] = None,
         filter: Annotated[str | None, Form(description=FILTER_DESCRIPTION)] = None,
         query_image_id: Annotated[str | None, Form(description="The archived image the query is (marks it in the "
                                                                "hits); by default an upload whose file name is an "
@@ -154,12 +161,13 @@ def create_app(service: SearchService) -> FastAPI:
         params = SearchParams(nprobe=nprobe, ef_search=ef_search)
         flt = service.parse_filter(filter)  # a bad filter fails before any decoding
         if code is not None:
-            return await service.search_code(code, k, with_ties, params, flt, query_image_id, exclude_query_patient)
+            return await service.search_code(code, k, with_ties, params, flt, query_image_id, exclude_query_patient,
+                                             rerank=rerank)
         data = await image.read()
         if not data:
             raise BadQueryError(f"uploaded file {shorten(image.filename or 'image')} is empty")
         return await service.search_image(data, image.filename or "upload", k, with_ties, overlay, params, flt,
-                                          query_image_id, exclude_query_patient)
+                                          query_image_id, exclude_query_patient, rerank=rerank)
 
     @app.post("/v1/reload", response_model=ReloadResult, dependencies=authorized, tags=["operations"],
               responses=ERRORS)

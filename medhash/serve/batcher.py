@@ -30,6 +30,7 @@ class EncodedImage:
     saliency: np.ndarray  # float32 [S, S]
     logits: np.ndarray  # float32 [C]
     batch_size: int  # how many requests shared this forward pass
+    hash_values: np.ndarray | None = None  # float32 [bits], what a re-ranked search compares
 
 
 class EncodeBatcher:
@@ -106,7 +107,8 @@ class EncodeBatcher:
                 self._on_batch(len(live), time.perf_counter() - t0)
             for i, (_, fut, loop) in enumerate(live):
                 one = EncodedImage(result.codes[i], tuple(int(v) for v in result.boxes[i]), result.saliency[i],
-                                   result.logits[i], len(live))
+                                   result.logits[i], len(live),
+                                   None if result.hash_values is None else result.hash_values[i])
                 loop.call_soon_threadsafe(_settle, fut, one, None)
 
 

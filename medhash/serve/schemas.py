@@ -15,6 +15,8 @@ class Hit(BaseModel):
     box: Box | None = Field(None, description="The encoder's crop box (x0, y0, x1, y1), exclusive, in the image's pixels")
     thumbnail_url: str | None = Field(None, description="GET it for a PNG thumbnail; null without --archive-root")
     overlay_url: str | None = Field(None, description="The thumbnail with saliency map and crop box drawn")
+    score: float | None = Field(None, description="Re-ranked searches: cosine similarity of the query's and this "
+                                                  "item's hash values; null for hits after the re-ranked shortlist")
     age: float | None = Field(None, description="Age in years (label table, else DICOM); null when unknown")
     sex: str | None = Field(None, description="Sex as stored (label table, else DICOM)")
     view: str | None = Field(None, description="View position (PA, AP, ...) as stored")
@@ -49,6 +51,8 @@ class SearchResponse(BaseModel):
     truncated: bool = Field(False, description="More items tie at the k-th distance than the server's max_k: "
                                                "hits holds the first max_k of them")
     timings_ms: dict[str, float]
+    rerank: int | None = Field(None, description="The shortlist size N when the Hamming top N was re-ranked "
+                                                 "by cosine of the hash values")
     filter: dict | None = Field(None, description="The filter applied, in its normalized JSON form (patient ids only "
                                                   "as keyed hashes)")
     strategy: str | None = Field(None, description="How a filtered search was answered: scan_selected, scan_masked, "
@@ -70,6 +74,7 @@ class Info(BaseModel):
     thumbnails: bool
     medhash_version: str
     faiss_version: str | None
+    hash_values: bool = Field(False, description="The index stores hash values: image searches may ask for `rerank`")
     generation: int = 0
     columns: list[str] = Field(default_factory=list, description="Stored columns a filter can name")
 

@@ -160,7 +160,8 @@ class SearchService:
                     engine=self.encoder.engine, device=str(self.encoder.device), max_k=self.config.max_k,
                     max_upload_bytes=self.config.max_upload_bytes, thumbnails=self.archive.enabled,
                     medhash_version=__version__, faiss_version=getattr(faiss, "__version__", None),
-                    generation=self.index.generation, columns=self.index.columns())
+                    hash_values=self.index.has_hash_values, generation=self.index.generation,
+                    columns=self.index.columns())
 
     # -- search -----------------------------------------------------------------------------------
     def check_k(self, k: int | None) -> int:
@@ -196,6 +197,15 @@ class SearchService:
         except ImageDecodeError as exc:
             self.metrics.bad_images.labels(exc.kind).inc()
             raise
+
+    def check_rerank(self, rerank: int | None) -> None:
+        """A 422 before any decoding when the served index cannot re-rank (or N is bad)."""
+        if rerank is None:
+            return
+        try:
+            self.index.check_rerank(rerank)
+        except InvalidParameterError as exc:
+            raise BadQueryError(str(exc)) from None
 
     def parse_filter(self, text: str | None) -> Filter:
         """The request's filter (compact or JSON text); a bad one is a 422 naming the bad part."""
@@ -234,9 +244,11 @@ class SearchService:
     async def search_image(self, data: bytes, name: str, k: int | None = None, with_ties: bool = False,
                            overlay: bool = False, params: SearchParams = SearchParams(),
                            filter: str | Filter | None = None, query_image_id: str | None = None,
-                           exclude_query_patient: bool = False) -> SearchResponse:
-        """Decode an uploaded image, encode it (batched with concurrent requests) and search."""
+                           exclude_query_patient: bool = False, rerank: int | None = None) -> SearchResponse:
+        """Decode an uploaded image, encode it (batched with concurrent requests) and search; `rerank`
+        re-ranks the (filtered) Hamming top-N by the hash values (HammingIndex.search)."""
         k = self.check_k(k)
+        self.check_rerank(rerank)
         flt = filter if isinstance(filter, Filter) else self.parse_filter(filter)
         archived = self.archived_id(name, query_image_id)
         flt = self._patient_filter(flt, archived, exclude_query_patient)
@@ -246,7 +258,8 @@ class SearchService:
             t1 = time.perf_counter()
             encoded = await self.batcher.encode(image)
             t2 = time.perf_counter()
-            found, search_s = await self._search(encoded.code, k, with_ties, params, flt, archived)
+            found, search_s = await self._search(encoded.code, k, with_ties, params, flt, archived,
+                                                 (rerank, encoded.hash_values) if rerank is not None else None)
             query = Query(kind="image", code_hex=encoded.code.tobytes().hex(), box=encoded.box, width=int(image.shape[1]),
                           height=int(image.shape[0]), predicted=self._predictions(encoded), archived_image_id=archived)
             if overlay:
@@ -257,13 +270,16 @@ class SearchService:
             del image
         timings = {"decode": t1 - t0, "encode": t2 - t1, "search": search_s, "total": time.perf_counter() - t0}
         self._observe("image", timings)
-        return self._response(query, found, k, with_ties, timings, flt)
+        return self._response(query, found, k, with_ties, timings, flt, rerank)
 
     async def search_code(self, code: str | np.ndarray, k: int | None = None, with_ties: bool = False,
                           params: SearchParams = SearchParams(), filter: str | Filter | None = None,
-                          query_image_id: str | None = None, exclude_query_patient: bool = False) -> SearchResponse:
+                          query_image_id: str | None = None, exclude_query_patient: bool = False,
+                          rerank: int | None = None) -> SearchResponse:
         """Search with a code the client already has (hex or base64 text, or uint8 [bits/8])."""
         k = self.check_k(k)
+        if rerank is not None:
+            raise BadQueryError("rerank needs an image: a code carries no hash values to compare")
         flt = filter if isinstance(filter, Filter) else self.parse_filter(filter)
         archived = self.archived_id(None, query_image_id)
         flt = self._patient_filter(flt, archived, exclude_query_patient)
@@ -276,39 +292,45 @@ class SearchService:
         return self._response(query, found, k, with_ties, timings, flt)
 
     async def _search(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams, flt: Filter,
-                      archived: str | None) -> tuple["_Found", float]:
+                      archived: str | None, rerank: tuple[int, np.ndarray] | None = None) -> tuple["_Found", float]:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(self._search_pool, self._search_sync, code, k, with_ties, params, flt,
-                                           archived)
+                                           archived, rerank)
         return found, time.perf_counter() - t0
 
     def _search_sync(self, code: np.ndarray, k: int, with_ties: bool, params: SearchParams, flt: Filter,
-                     archived: str | None) -> "_Found":
+                     archived: str | None, rerank: tuple[int, np.ndarray] | None = None) -> "_Found":
+        """rerank: (N, the query's hash values) to re-rank the (filtered) Hamming top-N."""
+        n, values = rerank if rerank is not None else (None, None)
         while True:
             index = self.index
             try:
                 result = index.search(code[None, :], k, with_ties=with_ties, nprobe=params.nprobe,
-                                      ef_search=params.ef_search, filter=flt)
+                                      ef_search=params.ef_search, filter=flt, rerank=n,
+                                      query_values=None if values is None else values[None, :])
             except FilterError as exc:
+                raise BadQueryError(str(exc)) from None
+            except InvalidParameterError as exc:  # rerank on a version swapped in without hash values
                 raise BadQueryError(str(exc)) from None
             # Ties can be many (every code at the k-th distance): the response holds max_k hits at most.
             records = index.records(result[0].rows[:self.config.max_k])
             if self.index is index:
                 break
             # The index was swapped during the search: answer from the new version, so no removed id is returned.
-        hits = [self._hit(rank, rec, int(dist), archived)
-                for rank, (rec, dist) in enumerate(zip(records, result[0].distances), start=1)]
+        scores = result[0].scores if result[0].scores is not None else np.full(len(records), np.nan)
+        hits = [self._hit(rank, rec, int(dist), archived, score)
+                for rank, (rec, dist, score) in enumerate(zip(records, result[0].distances, scores), start=1)]
         return _Found(hits, result.strategy, result.selected, index.generation, truncated=len(result[0].rows) > len(hits))
 
-    def _hit(self, rank: int, rec: IdRecord, distance: int, archived: str | None) -> Hit:
+    def _hit(self, rank: int, rec: IdRecord, distance: int, archived: str | None, score: float = np.nan) -> Hit:
         url = f"/v1/images/{quote(rec.image_id, safe='')}" if self.archive.enabled else None
         facts = {name: next((rec.metadata[c] for c in columns if rec.metadata.get(c) is not None), None)
                  for name, columns in FIELD_COLUMNS.items()}
         return Hit(rank=rank, image_id=rec.image_id, distance=distance, labels=list(rec.labels), box=rec.box,
                    thumbnail_url=url, overlay_url=f"{url}?overlay=true" if url else None,
                    age=_number_or_none(facts["age"]), sex=facts["sex"], view=facts["view"],
-                   is_query=rec.image_id == archived)
+                   is_query=rec.image_id == archived, score=None if np.isnan(score) else float(score))
 
     def _predictions(self, encoded: EncodedImage) -> list[Prediction]:
         probs = 1.0 / (1.0 + np.exp(-encoded.logits.astype(np.float64)))
@@ -321,10 +343,10 @@ class SearchService:
         return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
     def _response(self, query: Query, found: "_Found", k: int, with_ties: bool, timings: dict,
-                  flt: Filter) -> SearchResponse:
+                  flt: Filter, rerank: int | None = None) -> SearchResponse:
         return SearchResponse(model_id=self.index.model_id, bits=self.index.bits, k=k, with_ties=with_ties, query=query,
                               hits=found.hits, truncated=found.truncated, timings_ms={name: round(s * 1000, 3) for name, s in timings.items()},
-                              filter=None if flt.empty() else flt.to_json(), strategy=found.strategy,
+                              rerank=rerank, filter=None if flt.empty() else flt.to_json(), strategy=found.strategy,
                               selected=found.selected, generation=found.generation)
 
     def _observe(self, kind: str, timings: dict) -> None:

@@ -9,6 +9,7 @@ Every searcher answers `search(queries, k, with_ties=False, params=SearchParams(
 - gpu.GpuFlatSearch (flat on a GPU), and GPU training of the IVF quantizer;
 - filtered.FilteredSearch: the top-k among the items a filter lets through, for every kind (exact
   kinds exactly; approximate kinds never return an unselected item).
+rerank re-orders a Hamming shortlist (filtered or not) by the cosine of the stored hash values.
 neighbors holds the neighbour-list type and the ordering and tie rules; threads the thread policy
 and the scan pool the searchers share. faiss is imported inside functions only.
 """
@@ -19,6 +20,7 @@ from medhash.index._search.filtered import FilteredSearch, LabelFilter
 from medhash.index._search.gpu import GpuFlatSearch, gpu_support, use_gpu_for_training
 from medhash.index._search.multihash import MultiHashSearch
 from medhash.index._search.neighbors import Neighbors, Searcher, SearchParams
+from medhash.index._search.rerank import cosine_similarity, rerank_neighbors
 from medhash.index._search.threads import DEFAULT_POLICY, ScanPool, ThreadPolicy, omp_threads
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "SearchParams",
     "Searcher",
     "ThreadPolicy",
+    "cosine_similarity",
     "flat_codes",
     "flat_codes_buffer",
     "gather_codes",
@@ -42,5 +45,6 @@ __all__ = [
     "hnsw_params",
     "ivf_params",
     "omp_threads",
+    "rerank_neighbors",
     "use_gpu_for_training",
 ]

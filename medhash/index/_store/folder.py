@@ -3,6 +3,7 @@
     IDX/index.faiss    faiss.write_index_binary of the index
     IDX/ids.parquet    one row per indexed item, in row order: label, image_id, path, labels, box, and the
                        codes folder's metadata columns
+    IDX/hash_values.npy  optional: float16 [count, bits] hash-layer values per row (hash_values.py), for re-ranking
     IDX/manifest.json  what the files are, bound to (model_id, bits), with the sha256 of each file
 
 The manifest is written last (atomically), after both data files were renamed into place, and it
@@ -21,13 +22,14 @@ from medhash import __version__ as MEDHASH_VERSION
 from medhash.atomic import atomic_path, sha256_file, write_text_atomic
 from medhash.errors import IndexManifestError
 
-__all__ = ["DATA_FILES", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE", "IndexManifest", "check_compatible",
+__all__ = ["DATA_FILES", "HASH_VALUES_FILE", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE", "IndexManifest", "check_compatible",
            "index_info", "load_manifest", "read_faiss", "sha256_file", "write_faiss", "write_manifest"]
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 MANIFEST_FILE = "manifest.json"
-DATA_FILES = (INDEX_FILE, IDS_FILE)
+HASH_VALUES_FILE = "hash_values.npy"
+DATA_FILES = (INDEX_FILE, IDS_FILE)  # every index has these; HASH_VALUES_FILE when manifest.hash_values
 FORMAT_VERSION = 1
 
 
@@ -50,6 +52,10 @@ class IndexManifest:
     generation: int = 0  # +1 per add / remove: a running server reloads when it changes
     # medhash.index.autotune's record: target, measured recall@k, latency, memory, values tried ({} untuned)
     tuning: dict = field(default_factory=dict)
+    hash_values: bool = False  # HASH_VALUES_FILE holds each row's hash-layer values (re-ranking)
+
+    def data_files(self) -> tuple[str, ...]:
+        return DATA_FILES + ((HASH_VALUES_FILE,) if self.hash_values else ())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -63,7 +69,7 @@ def write_manifest(index_dir: Path, manifest: IndexManifest) -> IndexManifest:
     """Fill in checksums and versions, then write manifest.json atomically (the commit point)."""
     import faiss
 
-    manifest.files = {name: sha256_file(index_dir / name) for name in DATA_FILES}
+    manifest.files = {name: sha256_file(index_dir / name) for name in manifest.data_files()}
     manifest.faiss_version = faiss.__version__
     manifest.medhash_version = MEDHASH_VERSION
     manifest.updated_at = _now_iso()
@@ -85,11 +91,11 @@ def load_manifest(index_dir: str | Path, *, verify: bool = True) -> IndexManifes
         raise IndexManifestError(path, f"unreadable manifest: {exc}") from exc
     if manifest.format_version != FORMAT_VERSION:
         raise IndexManifestError(path, f"format_version {manifest.format_version}, this medhash reads {FORMAT_VERSION}")
-    missing = [name for name in DATA_FILES if name not in manifest.files]
+    missing = [name for name in manifest.data_files() if name not in manifest.files]
     if missing:
         raise IndexManifestError(path, f"manifest has no checksum for {missing}")
     if verify:
-        for name in DATA_FILES:
+        for name in manifest.data_files():
             file = index_dir / name
             if not file.exists():
                 raise IndexManifestError(file, "file listed in the manifest is missing")
@@ -130,6 +136,6 @@ def index_info(index_dir: str | Path, *, verify: bool = True) -> dict:
     index_dir = Path(index_dir)
     manifest = load_manifest(index_dir, verify=verify)
     info = asdict(manifest)
-    info["file_bytes"] = {name: (index_dir / name).stat().st_size for name in DATA_FILES}
+    info["file_bytes"] = {name: (index_dir / name).stat().st_size for name in manifest.data_files()}
     info["checksums_verified"] = verify
     return info

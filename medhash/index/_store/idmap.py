@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medhash.atomic import atomic_path
-from medhash.codes_format import BATCH_ROWS
+from medhash.codes_format import BATCH_ROWS, HASH_VALUES_COLUMN
 
 __all__ = ["ID_SCHEMA", "IdRecord", "IdWriter", "copy_rows_except", "id_rows", "id_schema", "iter_id_batches",
            "open_id_writer", "read_id_schema", "records_at", "rows_of_image_ids"]
@@ -67,7 +67,8 @@ def id_rows(columns: pa.RecordBatch, schema: pa.Schema = ID_SCHEMA) -> pa.Record
     arrays = [pa.nulls(n, pa.int64())]
     for f in list(schema)[1:]:
         arrays.append(columns.column(f.name).cast(f.type) if f.name in names else pa.nulls(n, f.type))
-    dropped = [name for name in names if name not in schema.names and name != "code"]
+    # code goes to index.faiss and hash_values to hash_values.npy, not to ids.parquet.
+    dropped = [name for name in names if name not in schema.names and name not in ("code", HASH_VALUES_COLUMN)]
     if dropped:
         log.warning("ids.parquet has no column(s) %s: their values are not indexed", dropped)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
