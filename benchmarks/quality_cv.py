@@ -163,8 +163,9 @@ class Setup:
     def digest(self, cell: Cell) -> str:
         """The recipe of a cell, independent of where files go: a cell file made with another is stale."""
         recipe = self.config(cell).to_dict()
-        for key in ("labels", "out", "work_dir", "device", "progress", "image_root", "init"):
-            recipe.pop(key)
+        # Where files go and run-time policies (strict_labels: fatal or warned label problems) are not the recipe.
+        for key in ("labels", "out", "work_dir", "device", "progress", "image_root", "init", "strict_labels"):
+            recipe.pop(key, None)
         recipe["data"] = self.data_name
         recipe["init"] = {"c2l": asdict(self.c2l_sizes)} if cell.c2l else "random"
         if "rerank" in VARIANTS[cell.variant]:
