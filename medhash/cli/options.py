@@ -135,12 +135,13 @@ SECRET_ENV = "MEDHASH_PATIENT_KEY_SECRET"
 
 
 def patient_secret(secret_file: Path | None) -> bytes | None:
-    """The site secret for patient_key: the file's bytes (one trailing newline dropped), else the variable's."""
-    if secret_file is not None:
-        secret = secret_file.read_bytes()
-        secret = secret[:-1] if secret.endswith(b"\n") else secret
-    else:
-        secret = os.environ.get(SECRET_ENV, "").encode()
-    if secret_file is not None and not secret:
-        raise click.BadParameter("the secret file is empty", param_hint="--patient-key-secret-file")
-    return secret or None
+    """The site secret for patient_key: the file's (medhash.data.keyed.read_secret_file), else the variable's."""
+    from medhash.data.keyed import read_secret_file
+    from medhash.errors import InvalidParameterError
+
+    if secret_file is None:
+        return os.environ.get(SECRET_ENV, "").encode() or None
+    try:
+        return read_secret_file(secret_file)
+    except InvalidParameterError as exc:
+        raise click.BadParameter(str(exc), param_hint="--patient-key-secret-file") from None

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 
-__all__ = ["keyed_hash"]
+from medhash.errors import InvalidParameterError
+
+__all__ = ["keyed_hash", "read_secret_file"]
 
 
 def keyed_hash(value: str, secret: bytes) -> str:
@@ -21,3 +24,16 @@ def keyed_hash(value: str, secret: bytes) -> str:
     if not isinstance(secret, (bytes, bytearray)) or not secret:
         raise ValueError("keyed_hash needs a non-empty bytes secret")
     return hmac.new(bytes(secret), value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> bytes:
+    """The site secret held in a file: its bytes, one trailing newline dropped (editors add one).
+
+    An empty file is refused (InvalidParameterError naming it): it would make every hash unkeyed.
+    """
+    with open(path, "rb") as fh:
+        secret = fh.read()
+    secret = secret[:-1] if secret.endswith(b"\n") else secret
+    if not secret:
+        raise InvalidParameterError(f"patient key secret file {path} is empty")
+    return secret

@@ -33,6 +33,7 @@ import torch
 from medhash import __version__
 from medhash.app.query import check_model
 from medhash.data.decode import DEFAULT_MAX_PIXELS, read_image, read_image_header
+from medhash.data.keyed import read_secret_file
 from medhash.data.overlay import render_overlay
 from medhash.encoding import ImageEncoder
 from medhash.errors import ArchiveAccessError, ImageDecodeError, InvalidParameterError, shorten
@@ -107,7 +108,8 @@ class SearchService:
     def __init__(self, index: HammingIndex, encoder: ImageEncoder, config: ServeConfig):
         check_model(index, encoder)
         self.encoder, self.config = encoder, config
-        self.patient_secret = _read_secret(config.patient_key_secret_file)
+        secret_file = config.patient_key_secret_file
+        self.patient_secret = read_secret_file(secret_file) if secret_file else None
         self._reloader = IndexReloader(index, lambda: HammingIndex(index.index_dir, mmap=config.mmap),
                                        config.reload_poll_ms, self._swapped)
         self.archive = ArchiveFiles(config.archive_root)
@@ -397,16 +399,6 @@ def _number_or_none(value) -> float | None:
         return None if value is None else float(value)
     except ValueError:
         return None
-
-
-def _read_secret(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    secret = open(path, "rb").read()
-    secret = secret[:-1] if secret.endswith(b"\n") else secret
-    if not secret:
-        raise InvalidParameterError(f"patient key secret file {path} is empty")
-    return secret
 
 
 def _render_thumbnail(image: np.ndarray, encoded: EncodedImage | None, size: int) -> bytes:
